@@ -1,0 +1,143 @@
+"""The box file: one HDF5 file per simulated (or imported) periodic box.
+
+Layout (C order, axis 0 = x, voxel (i,j,k) at Lagrangian position ((i,j,k)+½)·L/N or i·L/N as
+recorded in ``attrs['grid_origin']``):
+
+* ``/delta``      float32 (N,N,N): linear overdensity at ``z_init``.
+* ``/halo_mass``  float32 (N,N,N): log10(M / (M☉/h)) of the z=0 halo the voxel's particle ends in, 0 = none.
+* ``/tidal/T``    float32 (N,N,N): scalar tidal shear of ``/delta`` (written by the shear stage);
+  ``/tidal/Tij`` float32 (6,N,N,N) optional (xx, yy, zz, xy, xz, yz).
+* attrs: ``box_size`` [Mpc/h], ``n_grid``, ``seed``, ``z_init``, ``cosmology`` (JSON),
+  ``generator`` (JSON of every setting), ``particle_mass`` [M☉/h], ``code_version``, ``format_version``.
+
+Every write is atomic (:func:`halotrans.io.atomic_path`): a file under its final name is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import h5py
+import numpy as np
+
+from halotrans.io import DataError, atomic_path, require_cubic, require_datasets
+
+FORMAT_VERSION = 1
+REQUIRED = ("delta", "halo_mass")
+
+
+def box_path(root: str | os.PathLike, seed: int) -> Path:
+    """``<root>/box_<seed:04d>.h5``."""
+    return Path(root) / f"box_{int(seed):04d}.h5"
+
+
+def encode_attr(value: Any) -> Any:
+    """Numbers and strings as they are; anything else (dict, list, None, bool) as a JSON string."""
+    if isinstance(value, (bool, type(None), dict, list, tuple)):
+        return json.dumps(value)
+    return value
+
+
+def decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_box(
+    path: str | os.PathLike,
+    delta: np.ndarray,
+    halo_mass: np.ndarray,
+    attrs: Mapping[str, Any],
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> Path:
+    """Write a complete box file atomically. ``extra`` maps dataset names (e.g. ``tidal/T``) to arrays."""
+    n = require_cubic(np.shape(delta), "delta")
+    if np.shape(halo_mass) != np.shape(delta):
+        raise DataError(f"halo_mass shape {np.shape(halo_mass)} differs from delta shape {np.shape(delta)}")
+    for key in ("box_size", "seed", "z_init"):
+        if key not in attrs:
+            raise DataError(f"box attrs must include '{key}'")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("delta", data=np.asarray(delta, dtype=np.float32))
+            f.create_dataset("halo_mass", data=np.asarray(halo_mass, dtype=np.float32))
+            for name, arr in (extra or {}).items():
+                f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+            f.attrs["n_grid"] = n
+            f.attrs["format_version"] = FORMAT_VERSION
+            for k, v in attrs.items():
+                f.attrs[k] = encode_attr(v)
+    return path
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """All attrs of a box file, JSON values decoded."""
+    with h5py.File(path, "r") as f:
+        return {k: decode_attr(v) for k, v in f.attrs.items()}
+
+
+def is_complete(path: str | os.PathLike, required: Iterable[str] = REQUIRED,
+                expect: Mapping[str, Any] | None = None) -> bool:
+    """True if ``path`` opens, has the ``required`` datasets and its attrs equal ``expect``."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            if any(r not in f for r in required):
+                return False
+            attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
+    except OSError:
+        return False
+    return all(attrs.get(k) == v for k, v in (expect or {}).items())
+
+
+def load_box(path: str | os.PathLike, keys: Iterable[str] = REQUIRED) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read ``keys`` (dataset names) and attrs; clear :class:`DataError` on missing or malformed data."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"box file not found: {path}")
+    keys = list(keys)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        require_datasets(f, keys, path)
+        arrays = {k: f[k][...] for k in keys}
+        attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
+    for k, a in arrays.items():
+        if k.endswith("Tij"):
+            require_cubic(a.shape[1:], f"{path}:/{k}[c]")
+        else:
+            require_cubic(a.shape, f"{path}:/{k}")
+    return arrays, attrs
+
+
+def update_box(path: str | os.PathLike, datasets: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> None:
+    """Add or replace datasets/attrs of an existing box file atomically (copy, write, rename)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"box file not found: {path}")
+    with atomic_path(path) as tmp:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            for name, arr in datasets.items():
+                if name in f:
+                    del f[name]
+                f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = encode_attr(v)

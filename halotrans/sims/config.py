@@ -1,0 +1,60 @@
+"""Settings of the simulation stage: particle-mesh boxes and 21cmFAST light cones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SimConfig:
+    """One particle-mesh box: lengths in Mpc/h, masses in M☉/h.
+
+    The Lagrangian grid has ``n_grid``³ particles on a ``box_size`` periodic cube; forces are
+    computed on a ``mesh_factor * n_grid`` mesh with ``n_steps`` kick-drift-kick steps in scale
+    factor from ``z_init`` to z=0, after an ``lpt_order`` (1 or 2) LPT start.
+    """
+
+    box_size: float = 64.0
+    n_grid: int = 64
+    mesh_factor: int = 2
+    n_steps: int = 40
+    z_init: float = 99.0
+    lpt_order: int = 2
+    cosmology: str = "planck18"
+    sigma8: float | None = None
+    power_spectrum: str = "eisenstein98"
+    fof_b: float = 0.2
+    fof_min_members: int = 20
+    out_dir: str = "data/boxes"
+    device: str = "cpu"
+    shear: bool = True
+
+    def __post_init__(self) -> None:
+        if self.box_size <= 0:
+            raise ValueError(f"box_size must be positive (Mpc/h), got {self.box_size}")
+        if self.n_grid < 4:
+            raise ValueError(f"n_grid must be at least 4, got {self.n_grid}")
+        if self.mesh_factor < 1:
+            raise ValueError(f"mesh_factor must be >= 1, got {self.mesh_factor}")
+        if self.n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {self.n_steps}")
+        if self.lpt_order not in (1, 2):
+            raise ValueError(f"lpt_order must be 1 or 2, got {self.lpt_order}")
+        if not self.z_init > 0:
+            raise ValueError(f"z_init must be > 0, got {self.z_init}")
+
+
+@dataclass
+class LightConeConfig:
+    """21cmFAST light cones for SKATR (brightness temperature in mK, lengths in comoving Mpc)."""
+
+    out: str = "data/lightcones.h5"
+    n: int = 16
+    seed: int = 0
+    hii_dim: int = 28
+    dim: int = 84
+    box_len: float = 200.0
+    z_min: float = 5.0
+    z_max: float = 35.0
+    zprime_step_factor: float = 1.02
+    workers: int = 2
