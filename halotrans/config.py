@@ -27,7 +27,8 @@ from halotrans.data.config import DataConfig
 from halotrans.eval.config import EvalConfig
 from halotrans.fields.config import ShearConfig
 from halotrans.models.config import JEPAConfig, ModelConfig
-from halotrans.sims.config import LightConeConfig, SimConfig
+from halotrans.sims.config import SimConfig
+from halotrans.sims.lightcone_config import LightConeConfig
 from halotrans.train.config import SkatrConfig, TrainConfig
 
 

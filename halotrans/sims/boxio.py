@@ -5,6 +5,7 @@ recorded in ``attrs['grid_origin']``):
 
 * ``/delta``      float32 (N,N,N): linear overdensity at ``z_init``.
 * ``/halo_mass``  float32 (N,N,N): log10(M / (M☉/h)) of the z=0 halo the voxel's particle ends in, 0 = none.
+* ``/halo_id``    int32 (N,N,N), optional: index of that halo in the box's FoF catalogue, −1 = none.
 * ``/tidal/T``    float32 (N,N,N): scalar tidal shear of ``/delta`` (written by the shear stage);
   ``/tidal/Tij`` float32 (6,N,N,N) optional (xx, yy, zz, xy, xz, yz).
 * attrs: ``box_size`` [Mpc/h], ``n_grid``, ``seed``, ``z_init``, ``cosmology`` (JSON),
@@ -55,6 +56,12 @@ def decode_attr(value: Any) -> Any:
     return value
 
 
+def _stored(arr: np.ndarray) -> np.ndarray:
+    """Integer arrays (ids) keep an int dtype; everything else is stored as float32."""
+    arr = np.asarray(arr)
+    return arr if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.float32, copy=False)
+
+
 def write_box(
     path: str | os.PathLike,
     delta: np.ndarray,
@@ -75,7 +82,7 @@ def write_box(
             f.create_dataset("delta", data=np.asarray(delta, dtype=np.float32))
             f.create_dataset("halo_mass", data=np.asarray(halo_mass, dtype=np.float32))
             for name, arr in (extra or {}).items():
-                f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+                f.create_dataset(name, data=_stored(arr))
             f.attrs["n_grid"] = n
             f.attrs["format_version"] = FORMAT_VERSION
             for k, v in attrs.items():
@@ -138,6 +145,6 @@ def update_box(path: str | os.PathLike, datasets: Mapping[str, np.ndarray], attr
             for name, arr in datasets.items():
                 if name in f:
                     del f[name]
-                f.create_dataset(name, data=np.asarray(arr, dtype=np.float32))
+                f.create_dataset(name, data=_stored(arr))
             for k, v in (attrs or {}).items():
                 f.attrs[k] = encode_attr(v)

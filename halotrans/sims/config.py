@@ -1,4 +1,4 @@
-"""Settings of the simulation stage: particle-mesh boxes and 21cmFAST light cones."""
+"""Settings of the particle-mesh simulation stage."""
 
 from __future__ import annotations
 
@@ -42,19 +42,3 @@ class SimConfig:
             raise ValueError(f"lpt_order must be 1 or 2, got {self.lpt_order}")
         if not self.z_init > 0:
             raise ValueError(f"z_init must be > 0, got {self.z_init}")
-
-
-@dataclass
-class LightConeConfig:
-    """21cmFAST light cones for SKATR (brightness temperature in mK, lengths in comoving Mpc)."""
-
-    out: str = "data/lightcones.h5"
-    n: int = 16
-    seed: int = 0
-    hii_dim: int = 28
-    dim: int = 84
-    box_len: float = 200.0
-    z_min: float = 5.0
-    z_max: float = 35.0
-    zprime_step_factor: float = 1.02
-    workers: int = 2
