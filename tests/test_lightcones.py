@@ -1,0 +1,197 @@
+"""21cmFAST light cones: real 21cmFAST 4.1.1 runs on the tiny config (8 x 8 x 45 cells, 8 nodes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from halotrans.config import load_config
+from halotrans.sims.lightcone_params import PARAM_NAMES, prior_bounds, sample_params
+from tests.conftest import REPO, halotrans_cli, subprocess_env
+
+TINY = "skatr/lightcones_tiny.yaml"
+
+
+def tiny_config(*overrides: str):
+    return load_config(TINY, list(overrides)).lightcone
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory) -> Path:
+    """A real tiny data set: 2 accepted light cones (seeds 0 and 4) and 3 rejected by tau.
+
+    The directory is shared by the whole session; a second request only re-consolidates.
+    """
+    work = tmp_path_factory.getbasetemp() / "lightcones_tiny"
+    work.mkdir(exist_ok=True)
+    halotrans_cli("lightcones", "-c", TINY, "--out", "out/tiny.h5", "--n", "2", "--no-progress",
+                  cwd=work, timeout=600)
+    return work / "out" / "tiny.h5"
+
+
+@pytest.mark.slow
+def test_cli_writes_tiny_light_cones_with_their_parameters(tiny_set):
+    cfg = tiny_config()
+    assert files_under(tiny_set.parent.parent) == ["out", "out/tiny.h5"]  # no cache, no parts left
+    with h5py.File(tiny_set) as f:
+        tb = f["brightness_temp"]
+        assert tb.shape == (2, 8, 8, 45) and tb.dtype == np.float32 and f["brightness_temp"].attrs["units"] == "mK"
+        assert np.isfinite(tb[...]).all() and tb[...].std() > 1.0  # a real 21cm signal, mK
+        seeds = f["seeds"][...]
+        assert list(seeds) == [0, 4] and list(f["rejected/seeds"][...]) == [1, 2, 3]
+        for seed, theta in zip(seeds, f["params"][...]):
+            np.testing.assert_array_equal(theta, sample_params(cfg, seed))
+        assert np.isnan(f["params"][:, 0]).all() and not f.attrs["sampled"][0]  # five-parameter mode
+        assert "five-parameter" in f.attrs["wdm_model"]
+        np.testing.assert_array_equal(f.attrs["priors"], prior_bounds(cfg))
+        assert list(f.attrs["param_names"]) == list(PARAM_NAMES)
+        assert f.attrs["py21cmfast_version"] == "4.1.1"
+        z = f["redshifts"][...]
+        assert z.shape == (45,) and z[0] == 5.0 and z[-1] == 35.0 and np.all(np.diff(z) > 0)
+        assert (f["tau"][...] <= 0.089).all() and (f["x_hi_zmin"][...] <= 0.1).all()
+        assert f["x_hi"].shape == (2, 8) and f["node_redshifts"][0] == 5.0
+        assert '"USE_TS_FLUCT": true' in f.attrs["inputs_example"]
+        assert '"M_MIN_in_Mass": false' in f.attrs["inputs_example"]
+
+
+@pytest.mark.slow
+def test_tau_rejections_are_recorded_not_dropped(tiny_set):
+    with h5py.File(tiny_set) as f:
+        rej = f["rejected"]
+        tau = rej["tau"][...]
+        assert (tau > 0.089).all()
+        reasons = [r.decode() for r in rej["reason"][...]]
+        assert all(r.startswith("tau ") and "> 0.089" in r for r in reasons)
+        cfg = tiny_config()
+        for seed, theta in zip(rej["seeds"][...], rej["params"][...]):
+            np.testing.assert_array_equal(theta, sample_params(cfg, seed))
+
+
+@pytest.mark.slow
+def test_forced_neutral_fraction_rejection(tmp_path):
+    proc = halotrans_cli("lightcones", "-c", TINY, "--out", "r.h5", "--n", "1", "--no-progress",
+                         "--set", "lightcone.x_hi_max=-1", "--set", "lightcone.max_attempts=1",
+                         cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "only 0 of 1 accepted" in proc.stderr
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f["brightness_temp"].shape == (0, 8, 8, 45)
+        assert list(f["rejected/seeds"][...]) == [0]
+        assert "x_HI(z=5)" in f["rejected/reason"][0].decode()
+        assert f["rejected/x_hi_zmin"][0] >= 0.0
+
+
+@pytest.mark.slow
+def test_higher_virial_temperature_delays_reionisation():
+    from halotrans.sims.lightcone_run import simulate_light_cone
+
+    cfg = tiny_config()
+    theta = np.array([np.nan, 0.31, 500.0, 40.0, 4.0, 30.0])
+    low = simulate_light_cone(cfg, 7, theta)
+    high = simulate_light_cone(cfg, 7, np.where(np.arange(6) == 4, 5.3, theta))
+    assert (high["x_hi"] >= low["x_hi"] - 1e-6).all()  # fewer, rarer sources: more neutral at every node
+    assert (high["x_hi"] - low["x_hi"]).max() > 0.2
+    assert high["tau"] < low["tau"]
+
+
+@pytest.mark.slow
+def test_warm_dark_matter_cutoff_delays_reionisation():
+    from halotrans.sims.lightcone_run import simulate_light_cone
+
+    cfg = tiny_config("lightcone.wdm=true")
+    warm = simulate_light_cone(cfg, 7, np.array([0.3, 0.31, 500.0, 40.0, 4.3, 30.0]))
+    cold = simulate_light_cone(cfg, 7, np.array([10.0, 0.31, 500.0, 40.0, 4.3, 30.0]))
+    assert (warm["x_hi"] >= cold["x_hi"] - 1e-6).all()
+    assert (warm["x_hi"] - cold["x_hi"]).max() > 0.2
+
+
+@pytest.mark.slow
+def test_high_res_mode_is_the_block_average():
+    from halotrans.sims.lightcone_run import block_average, simulate_light_cone
+
+    cfg = tiny_config("lightcone.n_los=44")
+    theta = np.array([np.nan, 0.3, 500.0, 40.0, 4.6, 30.0])
+    full = simulate_light_cone(cfg, 3, theta)["brightness_temp"]
+    coarse = simulate_light_cone(dataclasses.replace(cfg, downsample=2), 3, theta)["brightness_temp"]
+    assert full.shape == (8, 8, 44) and coarse.shape == (4, 4, 22)
+    np.testing.assert_allclose(coarse, block_average(full, 2), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(coarse[1, 2, 3], full[2:4, 4:6, 6:8].mean(), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkilled_generator_resumes_without_duplicates(tmp_path):
+    args = [sys.executable, "-m", "halotrans", "lightcones", "-c", TINY, "--out", "out/k.h5", "--n", "3",
+            "--no-progress", "--set", "lightcone.tau_max=1", "--set", "lightcone.x_hi_max=1",
+            "--set", "lightcone.workers=2"]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=subprocess_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "out" / "k.h5.parts"
+    deadline = time.time() + 300
+    while not list(parts.glob("seed_*.h5")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the generator finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker processes, mid-run
+    proc.wait()
+    assert not (tmp_path / "out" / "k.h5").exists()
+    done_before = len(list(parts.glob("seed_*.h5")))
+    assert 1 <= done_before < 3
+
+    res = halotrans_cli(*args[3:], cwd=tmp_path, timeout=600)
+    assert f"computed {3 - done_before} light cones" in res.stdout
+    with h5py.File(tmp_path / "out" / "k.h5") as f:
+        assert list(f["seeds"][...]) == [0, 1, 2] and len(f["rejected/seeds"]) == 0
+        assert f["brightness_temp"].shape == (3, 8, 8, 45) and np.isfinite(f["brightness_temp"][...]).all()
+        cfg = tiny_config()
+        np.testing.assert_array_equal(f["params"][...], np.stack([sample_params(cfg, s) for s in range(3)]))
+    assert files_under(tmp_path) == ["out", "out/k.h5"]
+
+    again = halotrans_cli(*args[3:], cwd=tmp_path)  # complete: nothing to compute
+    assert "computed 0 light cones" in again.stdout
+
+
+@pytest.mark.slow
+def test_other_settings_refuse_to_mix(tiny_set):
+    proc = halotrans_cli("lightcones", "-c", TINY, "--out", str(tiny_set), "--set", "lightcone.hii_dim=4",
+                         "--set", "lightcone.dim=8", "--no-progress", check=False)
+    assert proc.returncode == 2 and "other light-cone settings" in proc.stderr and "hii_dim" in proc.stderr
+
+
+def test_bad_config_is_a_one_line_error(tmp_path):
+    proc = halotrans_cli("lightcones", "-c", TINY, "--out", "x.h5", "--set", "lightcone.r_bubble_max=30",
+                         cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "r_bubble_max" in proc.stderr
+    assert files_under(tmp_path) == []
+
+
+def test_21cmfast_version_is_pinned():
+    code = ("import py21cmfast; py21cmfast.__version__ = '4.3.1'\n"
+            "from halotrans.cli import main\n"
+            f"raise SystemExit(main(['lightcones', '-c', '{TINY}', '--out', 'never.h5']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env=subprocess_env(), timeout=300)
+    assert proc.returncode == 2
+    assert "pinned to 21cmFAST 4.1.1" in proc.stderr and "found 4.3.1" in proc.stderr
+    assert not (REPO / "never.h5").exists()
+
+
+def test_priors_and_draws():
+    cfg = tiny_config("lightcone.wdm=true")
+    draws = np.stack([sample_params(cfg, s) for s in range(200)])
+    lo, hi = prior_bounds(cfg).T
+    assert ((draws >= lo) & (draws <= hi)).all()
+    assert (draws.max(0) - draws.min(0) > 0.8 * (hi - lo)).all()
+    np.testing.assert_array_equal(sample_params(cfg, 5), sample_params(cfg, 5))
+    np.testing.assert_array_equal(prior_bounds(load_config(None).lightcone),
+                                  [[0.3, 10], [0.2, 0.4], [100, 1500], [38, 42], [4, 5.3], [10, 250]])
