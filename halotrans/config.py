@@ -112,8 +112,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(val) if val.strip() else ""
     except yaml.YAMLError:
         parsed = val
-    # YAML reads 3e-4 as a string (it wants 3.0e-4): accept plain floats too.
-    if isinstance(parsed, str):
+    # YAML reads 3e-4 as a string (it wants 3.0e-4): accept plain floats too, unless quoted.
+    if isinstance(parsed, str) and val.strip()[:1] not in ("'", '"'):
         try:
             parsed = float(parsed)
         except ValueError:

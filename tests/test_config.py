@@ -60,6 +60,7 @@ def test_override_parsing():
     assert parse_override("a.b=3") == ("a.b", 3)
     assert parse_override("a.b=3e-4") == ("a.b", 3e-4)
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override('a.b="7"') == ("a.b", "7")
     with pytest.raises(ConfigError):
         parse_override("novalue")
 
