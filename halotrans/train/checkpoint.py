@@ -1,0 +1,153 @@
+"""Checkpoints of a run directory: DeepSpeed engine state for resume, ``model.pt`` for inference.
+
+Run directory layout (``cfg.train.out_dir``)::
+
+    config.yaml        the full Config the run (last) started with
+    ds_config.json     the DeepSpeed config dict
+    norm_stats.json    input normalisation used (copied from the data set's stats.json)
+    metrics.csv        step, lr, loss, grad_norm, time_s, val_<metric>...
+    tb/                TensorBoard events
+    checkpoints/step_00000100/   DeepSpeed checkpoint (tag ``step_<8 digits>``), client state
+                                 {"step": int, "meta": dict}
+    checkpoints/latest           name of the newest COMPLETE tag (written atomically after every
+                                 rank finished writing; DeepSpeed's zero_to_fp32 reads it too)
+    model.pt           {"state_dict": fp32 weights, "meta": dict} written at the end
+
+``meta`` holds at least ``task``, ``in_channels``, ``n_classes``, ``inputs``, ``class_edges``,
+``norm_stats``, ``img_size`` and ``step``.
+
+    model, cfg, meta = load_for_inference("runs/vipr", class_edges=(13.0, 13.5, 14.0))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from halotrans.config import Config, ConfigError, config_to_dict, load_config
+from halotrans.io import DataError, atomic_path
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_FILE = "model.pt"
+#: config keys that fix the network and its data; a resumed run or an inference caller must agree
+MODEL_KEYS = ("train.task", "model", "data.inputs", "data.class_edges", "data.crop")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def latest_tag(run_dir: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint tag of a run, or None."""
+    p = Path(run_dir) / CHECKPOINT_DIR / "latest"
+    return p.read_text().strip() if p.is_file() else None
+
+
+def save(engine: Any, run_dir: Path, step: int, meta: dict, keep: int) -> str:
+    """Every rank: write the engine state as tag ``step_<step>``; then point ``latest`` at it and
+    delete all but the newest ``keep`` tags (0 keeps all)."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    tag = tag_for(step)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "meta": meta}, save_latest=False)
+    if dist.get_rank() == 0:  # save_checkpoint ended with a barrier: every rank's files are complete
+        with atomic_path(ckpt_dir / "latest") as tmp:
+            tmp.write_text(tag)
+        tags = sorted(p.name for p in ckpt_dir.glob("step_*") if p.is_dir())
+        for old in tags[:-keep] if keep else []:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    dist.barrier()
+    return tag
+
+
+def resume(engine: Any, run_dir: Path) -> int | None:
+    """Load the latest checkpoint into ``engine`` (model, optimizer, DeepSpeed state) → its step, or None."""
+    tag = latest_tag(run_dir)
+    if tag is None:
+        return None
+    path, client = engine.load_checkpoint(str(run_dir / CHECKPOINT_DIR), tag=tag)
+    if path is None:
+        raise DataError(f"{run_dir / CHECKPOINT_DIR / tag}: DeepSpeed could not load this checkpoint")
+    return int(client["step"])
+
+
+def check_same_model(saved: Config, cfg: Config, source: str) -> None:
+    """Raise :class:`ConfigError` if ``cfg`` differs from ``saved`` in a key of :data:`MODEL_KEYS`."""
+    a, b = config_to_dict(saved), config_to_dict(cfg)
+    for key in MODEL_KEYS:
+        va, vb = a, b
+        for part in key.split("."):
+            va, vb = va[part], vb[part]
+        if va != vb:
+            raise ConfigError(f"{key} = {vb} does not match the checkpoint's {va} ({source}); "
+                              f"use the run's settings or a new train.out_dir")
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_state(run_dir: str | os.PathLike, tag: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """fp32 weights and client state of checkpoint ``tag`` (any ZeRO stage, fp32 or bf16).
+
+    ZeRO and bf16 checkpoints are consolidated from the fp32 master partitions
+    (DeepSpeed's zero_to_fp32); a plain fp32 stage-0 checkpoint holds the full module.
+    """
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    tag_dir = ckpt_dir / tag
+    model_states = sorted(tag_dir.glob("*model_states.pt"))
+    if not model_states:
+        raise DataError(f"{tag_dir}: no DeepSpeed checkpoint there")
+    client = _load(model_states[0])
+    if any(tag_dir.glob("*zero_pp_rank_*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    else:
+        weights = client["module"]
+    return {k: v.detach().float() if v.is_floating_point() else v for k, v in weights.items()}, client
+
+
+def write_model(run_dir: Path, tag: str) -> Path:
+    """``model.pt`` = fp32 weights + meta of checkpoint ``tag`` (rank 0 only)."""
+    weights, client = checkpoint_state(run_dir, tag)
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        torch.save({"state_dict": weights, "meta": {**client["meta"], "step": client["step"]}}, tmp)
+    return run_dir / MODEL_FILE
+
+
+def load_for_inference(run_dir: str | os.PathLike, tag: str | None = None, *, inputs: Sequence[str] | None = None,
+                       class_edges: Sequence[float] | None = None) -> tuple[nn.Module, Config, dict]:
+    """Network of a finished (``model.pt``) or running (``tag``, default latest) run, in eval mode.
+
+    Returns ``(model, cfg, meta)``. If ``inputs`` or ``class_edges`` are given and differ from the
+    checkpoint's, raises :class:`ConfigError` instead of returning a network that reads the wrong
+    channels or predicts different classes.
+    """
+    from halotrans.train.tasks import make_task
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DataError(f"{run_dir}: not a training run directory (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    if tag is None and (run_dir / MODEL_FILE).is_file():
+        blob = _load(run_dir / MODEL_FILE)
+        weights, meta = blob["state_dict"], blob["meta"]
+    else:
+        tag = tag or latest_tag(run_dir)
+        if tag is None:
+            raise DataError(f"{run_dir}: no {MODEL_FILE} and no checkpoint yet")
+        weights, client = checkpoint_state(run_dir, tag)
+        meta = {**client["meta"], "step": client["step"]}
+    for key, want in (("inputs", inputs), ("class_edges", class_edges)):
+        if want is not None and [float(v) if key == "class_edges" else v for v in want] != list(meta[key]):
+            raise ConfigError(f"{run_dir}: the checkpoint was trained with {key} = {list(meta[key])}, "
+                              f"but {list(want)} was asked for")
+    model = make_task(cfg).build_model()
+    model.load_state_dict(weights)
+    return model.eval(), cfg, meta

@@ -1,0 +1,234 @@
+"""The one DeepSpeed training loop, shared by every task (segment, jepa, regress, npe).
+
+``train(cfg, task, resume)`` reads top to bottom like nanoGPT's ``train.py``: join the process
+group, build the model, let the task load its data, ``deepspeed.initialize`` with a config dict
+built from ``cfg.train`` (printed once), optionally resume from the latest checkpoint, then loop:
+set the learning rate, ``grad_accum`` micro-batches of forward/backward, ``engine.step()``, log,
+validate, checkpoint. It stops at ``train.steps`` or when ``train.time_budget_s`` would be
+exceeded (at the same step on every rank), writes a final checkpoint and ``model.pt``, and
+leaves the process group. On SIGTERM (SLURM's pre-timeout signal, ``scancel``) it finishes the
+step, checkpoints and exits without ``model.pt``, so the requeued job resumes.
+
+A task is a small object with this protocol (see :class:`Task`; :mod:`halotrans.train.segment`
+is the reference implementation):
+
+* ``name``, ``metric_names`` (validation metrics, logged as ``val_<name>``), ``micro_batch_size``;
+* ``setup(run_dir, resume)``: load data on every rank (collectives allowed, e.g.
+  :func:`halotrans.train.distributed.on_rank0` for work done once);
+* ``build_model()``: the ``nn.Module`` (fp32, on CPU; DeepSpeed moves and wraps it); it depends
+  on the config only and is called before ``setup`` (and by inference, without ``setup``);
+* ``train_batch(step, micro, rank)``: a deterministic function of its arguments (and the task's
+  seed), so a resumed run sees the same batches; tensors on CPU (the loop moves them);
+* ``val_batches(rank, world_size)``: this rank's validation batches, the SAME number on every
+  rank (ZeRO-3 gathers parameters collectively in every forward);
+* ``loss(model, batch)`` → ``(loss, sums)``: runs the forward pass itself (JEPA needs several),
+  ``loss`` is the scalar to backpropagate, ``sums`` are additive tensors that
+  ``summarize(sums_over_all_ranks)`` turns into the validation metrics;
+* ``after_step(module, step)``: work after each optimizer step (JEPA's EMA target update);
+* ``meta()``: what inference needs to rebuild and feed the model (saved in every checkpoint).
+
+Reproducibility: model init uses ``train.seed``; before each step torch's RNG is reseeded from
+(seed, step, rank), and batches depend only on (seed, step, micro, rank), so a resumed run
+continues the uninterrupted loss curve exactly (fp32).
+
+Sequence parallelism (Ulysses, ``train.sp > 1``) will pass its process groups as
+``deepspeed.initialize(..., mpu=...)`` and divide the loss by ``sp`` under ZeRO 0-2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from halotrans.config import Config, ConfigError, load_config, save_config
+from halotrans.io import atomic_path
+from halotrans.train import checkpoint
+from halotrans.train.distributed import all_reduce_sums, any_rank, device, init_distributed, shutdown
+from halotrans.train.ds_config import deepspeed_config
+from halotrans.train.logbook import MetricsLog
+from halotrans.train.optim import lr_at, param_groups
+
+
+class Task(Protocol):
+    """What the loop needs from a task (see the module docstring)."""
+
+    name: str
+    metric_names: tuple[str, ...]
+    micro_batch_size: int
+
+    def setup(self, run_dir: Path, resume: bool) -> None: ...
+    def build_model(self) -> nn.Module: ...
+    def train_batch(self, step: int, micro: int, rank: int) -> Any: ...
+    def val_batches(self, rank: int, world_size: int) -> Iterable[Any]: ...
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+    def after_step(self, model: nn.Module, step: int) -> None: ...
+    def meta(self) -> dict: ...
+
+
+def train(cfg: Config, task: Task, resume: bool = False) -> dict:
+    """Train ``task`` as configured → ``{"step", "loss", "val", "stopped", "run_dir"}``.
+
+    ``stopped`` is None (all ``train.steps`` done), ``"time_budget"`` or ``"signal"`` (SIGTERM:
+    checkpointed but no ``model.pt``, the run is to be resumed).
+    """
+    t_start = time.time()
+    rank, world, _ = init_distributed()
+    try:
+        return _train(cfg, task, resume, rank, world, t_start)
+    finally:
+        shutdown()
+
+
+def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start: float) -> dict:
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    tc = cfg.train
+    run_dir = Path(tc.out_dir)
+    if tc.sp != 1:
+        raise ConfigError(f"train.sp = {tc.sp}: sequence parallelism is not available yet (use 1)")
+    has_checkpoint = checkpoint.latest_tag(run_dir) is not None
+    if has_checkpoint and not resume:
+        raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume, or set another train.out_dir")
+    if has_checkpoint:
+        checkpoint.check_same_model(load_config(run_dir / "config.yaml"), cfg, str(run_dir / "config.yaml"))
+
+    # --- data, model, engine -------------------------------------------------------------------
+    torch.manual_seed(tc.seed)
+    model = task.build_model()
+    task.setup(run_dir, resume)
+    ds_cfg = deepspeed_config(tc, task.micro_batch_size)
+    if rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
+        with atomic_path(run_dir / "ds_config.json") as tmp:
+            tmp.write_text(json.dumps(ds_cfg, indent=2))
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"[halotrans] task {task.name}, model {cfg.model.name}: {n_params / 1e6:.3f} M parameters, "
+              f"activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}; "
+              f"{world} rank(s) on {device()}, global batch {task.micro_batch_size * tc.grad_accum * world}")
+        print(f"[halotrans] DeepSpeed config:\n{json.dumps(ds_cfg, indent=2)}", flush=True)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, tc.weight_decay),
+                                      config=ds_cfg)
+    float_dtype = torch.bfloat16 if tc.bf16 else torch.float32
+    start = checkpoint.resume(engine, run_dir) if resume else None
+    if rank == 0 and resume:
+        print(f"[halotrans] resumed from step {start} of {run_dir}" if start is not None
+              else f"[halotrans] no checkpoint in {run_dir}: starting from step 0", flush=True)
+    log = MetricsLog(run_dir, ["lr", "loss", "grad_norm", "time_s", *(f"val_{m}" for m in task.metric_names)],
+                     start) if rank == 0 else None
+
+    def validate() -> dict[str, float]:
+        engine.eval()
+        totals: dict[str, float] = {}
+        with torch.no_grad():
+            for batch in task.val_batches(rank, world):
+                _, sums = task.loss(engine, _to(batch, engine.device, float_dtype))
+                for k, v in sums.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+        engine.train()
+        if not totals:
+            return {}
+        return {f"val_{k}": v for k, v in task.summarize(all_reduce_sums(totals)).items()}
+
+    # --- the loop ------------------------------------------------------------------------------
+    step = start or 0
+    t0 = time.time()
+    step_times: list[float] = []
+    checkpoint_s = 0.0
+    row: dict[str, float] = {}
+    if start is None and tc.eval_every:
+        row = validate()
+        if log:
+            log.write(0, row)
+    bar = tqdm(total=tc.steps, initial=step, desc=f"train {task.name}", disable=rank != 0, dynamic_ncols=True)
+    stopped = None
+    with _sigterm_flag() as sigterm:
+        while step < tc.steps:
+            t_step = time.time()
+            lr = lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, tc.steps)
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(int(np.random.SeedSequence([tc.seed, step, rank]).generate_state(1)[0]))
+            step_loss = torch.zeros((), device=engine.device)
+            for micro in range(tc.grad_accum):
+                loss, _ = task.loss(engine, _to(task.train_batch(step, micro, rank), engine.device, float_dtype))
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.detach().float() / tc.grad_accum
+            task.after_step(engine.module, step)
+            step += 1
+            step_times.append(time.time() - t_step)
+
+            row = {}
+            if step % tc.log_every == 0 or step == tc.steps:
+                grad_norm = engine.get_global_grad_norm()
+                row = {"lr": lr, "loss": all_reduce_sums({"loss": step_loss.item()})["loss"] / world,
+                       "grad_norm": None if grad_norm is None else float(grad_norm), "time_s": time.time() - t0}
+                bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}")
+            if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+                row.update(validate())
+            if log and row:
+                log.write(step, row)
+            bar.update(1)
+
+            # SIGTERM (SLURM pre-timeout, scancel) or the time budget: stop at the same step on all ranks,
+            # before the next step plus a checkpoint would overrun the budget.
+            over_budget = (tc.time_budget_s is not None and time.time() - t_start + 2 * float(np.mean(step_times[-10:]))
+                           + checkpoint_s > tc.time_budget_s)
+            by_signal, by_budget = any_rank(bool(sigterm), over_budget)
+            stopped = "signal" if by_signal else "time_budget" if by_budget else None
+            if step % tc.checkpoint_every == 0 or step == tc.steps or stopped:
+                t_save = time.time()
+                checkpoint.save(engine, run_dir, step, task.meta(), tc.keep_checkpoints)
+                checkpoint_s = time.time() - t_save
+            if stopped:
+                break
+    bar.close()
+
+    if rank == 0 and stopped != "signal":  # a signalled run is not finished: it will be resumed
+        path = checkpoint.write_model(run_dir, checkpoint.tag_for(step))
+        print(f"[halotrans] step {step}: wrote {path}" + (" (time budget reached)" if stopped else ""), flush=True)
+    if rank == 0 and stopped == "signal":
+        print(f"[halotrans] SIGTERM: stopped at step {step} with a checkpoint; continue with --resume", flush=True)
+    if log:
+        log.close()
+    torch.distributed.barrier()
+    return {"step": step, "loss": row.get("loss"), "val": {k: v for k, v in row.items() if k.startswith("val_")},
+            "stopped": stopped, "run_dir": str(run_dir)}
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[list[int]]:
+    """A list that becomes non-empty when SIGTERM arrives (main thread only); the old handler is restored."""
+    flag: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(1))
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _to(batch: Any, dev: torch.device, float_dtype: torch.dtype) -> Any:
+    """Move a batch (tensors in tuples/lists/dicts) to ``dev``; floating tensors to ``float_dtype``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dev, float_dtype if batch.is_floating_point() else None, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, dev, float_dtype) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, dev, float_dtype) for k, v in batch.items()}
+    return batch
