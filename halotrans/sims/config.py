@@ -19,7 +19,6 @@ class SimConfig:
     ``cosmology`` names a colossus parameter set (``sigma8`` overrides its σ8); halos are
     friends-of-friends groups (linking length ``fof_b`` × mean spacing, ≥ ``fof_min_members``
     particles). Boxes are written to ``out_dir``; ``device`` is a torch device (``cpu``, ``cuda``).
-    ``shear``: whether pipelines built on this stage (e.g. the demo) run the shear stage after it.
     """
 
     box_size: float = 64.0
@@ -35,7 +34,6 @@ class SimConfig:
     fof_min_members: int = 20
     out_dir: str = "data/boxes"
     device: str = "cpu"
-    shear: bool = True
 
     def __post_init__(self) -> None:
         if self.box_size <= 0:

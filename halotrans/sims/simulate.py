@@ -28,7 +28,7 @@ from halotrans.sims.config import SimConfig
 
 #: SimConfig keys that do not change a box's content (where it goes, what runs next); a GPU
 #: box differs from a CPU box only at round-off level, so ``device`` does not count either
-NOT_GENERATOR_KEYS = ("out_dir", "device", "shear")
+NOT_GENERATOR_KEYS = ("out_dir", "device")
 BOX_DATASETS = ("delta", "halo_mass", "halo_id", "halos/n_members")
 
 
