@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from halotrans.models.vit import Block, ViT3D, _init_weights, fourier_position_embedding
+from halotrans.models.vit import Block, ViT3D, init_weights, fourier_position_embedding
 
 
 def ema_momentum(step: int, total_steps: int, start: float = 0.996, end: float = 1.0) -> float:
@@ -81,7 +81,7 @@ class JEPAPredictor(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, encoder_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, context: torch.Tensor, context_idx: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
