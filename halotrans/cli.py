@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shear": ("halotrans.fields.cli", "tidal tensor and scalar shear of a box (serial or under mpiexec)"),
     "train": ("halotrans.train.cli", "train a task (segment | jepa | regress | npe) with DeepSpeed"),
     "evaluate": ("halotrans.eval.cli", "full-box inference, metrics, plots and report for a checkpoint"),
+    "infer": ("halotrans.parallel.sharded_inference", "full-box inference on all ranks (torchrun) -> one HDF5"),
     "lightcones": ("halotrans.sims.lightcones", "21cmFAST light cones for SKATR -> one HDF5 data set"),
     "skatr": ("halotrans.train.skatr", "SKATR downstream: summaries, regression, NPE, report"),
     "import": ("halotrans.sims.readers.cli", "external N-body / PINOCCHIO output -> our box format"),

@@ -60,8 +60,13 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 def shutdown() -> None:
-    """Leave the process group (every exit path of a run calls this)."""
-    if dist.is_initialized():
+    """Leave the process group (every exit path of a run calls this); through DeepSpeed, which
+    then also forgets the groups it holds (sequence-parallel groups of ``train.sp``)."""
+    import deepspeed.comm
+
+    if deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()
+    elif dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -18,8 +18,9 @@ is the reference implementation):
 * ``build_model()``: the ``nn.Module`` (fp32, on CPU; DeepSpeed moves and wraps it); it depends
   on the config only and is called before ``setup`` (and by inference, without ``setup``);
 * ``train_batch(step, micro, rank)``: a deterministic function of its arguments (and the task's
-  seed), so a resumed run sees the same batches; tensors on CPU (the loop moves them);
-* ``val_batches(rank, world_size)``: this rank's validation batches, the SAME number on every
+  seed), so a resumed run sees the same batches; tensors on CPU (the loop moves them); ``rank``
+  is the data-parallel rank (= the rank without sequence parallelism);
+* ``val_batches(rank, world_size)``: this DP rank's validation batches, the SAME number on every
   rank (ZeRO-3 gathers parameters collectively in every forward);
 * ``loss(model, batch)`` → ``(loss, sums)``: runs the forward pass itself (JEPA needs several),
   ``loss`` is the scalar to backpropagate, ``sums`` are additive tensors that
@@ -28,11 +29,18 @@ is the reference implementation):
 * ``meta()``: what inference needs to rebuild and feed the model (saved in every checkpoint).
 
 Reproducibility: model init uses ``train.seed``; before each step torch's RNG is reseeded from
-(seed, step, rank), and batches depend only on (seed, step, micro, rank), so a resumed run
+(seed, step, DP rank), and batches depend only on (seed, step, micro, DP rank), so a resumed run
 continues the uninterrupted loss curve exactly (fp32).
 
-Sequence parallelism (Ulysses, ``train.sp > 1``) will pass its process groups as
-``deepspeed.initialize(..., mpu=...)`` and divide the loss by ``sp`` under ZeRO 0-2.
+Sequence parallelism (``train.sp > 1``, :mod:`halotrans.parallel`): the ranks form groups of
+``sp`` that work on the same samples (data keyed by the DP rank ``rank // sp``), each on 1/sp of
+the tokens (Ulysses attention) and, for vipr/copra, of the crop (slabs along axis 0, halo
+exchange). The groups go to ``deepspeed.initialize(..., mpu=...)``; DeepSpeed then sums gradients
+over the SP ranks (ZeRO 0-2; under ZeRO-3 it averages them, and the loop multiplies the loss by
+``sp`` to make up), so the ranks' losses must add up to the sample's loss: a task that shards its
+batches into slabs (``shard_slabs(sp)``, segment) normalises each slab's loss by the group's total
+weight; for other tasks the model keeps whole outputs on every rank and the loop divides the loss
+(and the validation sums) by ``sp``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ from tqdm import tqdm
 
 from halotrans.config import Config, ConfigError, load_config, save_config
 from halotrans.io import atomic_path
+from halotrans.parallel.groups import init_sequence_parallel
+from halotrans.parallel.shard import sequence_parallel
 from halotrans.train import checkpoint
 from halotrans.train.distributed import all_reduce_sums, any_rank, device, init_distributed, shutdown
 from halotrans.train.ds_config import deepspeed_config
@@ -97,8 +107,8 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     tc = cfg.train
     run_dir = Path(tc.out_dir)
-    if tc.sp != 1:
-        raise ConfigError(f"train.sp = {tc.sp}: sequence parallelism is not available yet (use 1)")
+    sp = init_sequence_parallel(tc.sp) if tc.sp > 1 else None
+    dp_rank, dp_size = (sp.dp_rank, sp.dp_size) if sp else (rank, world)
     has_checkpoint = checkpoint.latest_tag(run_dir) is not None
     if has_checkpoint and not resume:
         raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume, or set another train.out_dir")
@@ -108,6 +118,9 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
     # --- data, model, engine -------------------------------------------------------------------
     torch.manual_seed(tc.seed)
     model = task.build_model()
+    share = sequence_parallel(task, model, sp) if sp else 1.0  # this rank's share of the loss
+    # DeepSpeed sums gradients over the SP ranks under ZeRO 0-2 but averages them under ZeRO-3 (measured)
+    grad_scale = share * (tc.sp if sp and tc.zero_stage == 3 else 1)
     task.setup(run_dir, resume)
     ds_cfg = deepspeed_config(tc, task.micro_batch_size)
     if rank == 0:
@@ -117,10 +130,11 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
         n_params = sum(p.numel() for p in model.parameters())
         print(f"[halotrans] task {task.name}, model {cfg.model.name}: {n_params / 1e6:.3f} M parameters, "
               f"activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}; "
-              f"{world} rank(s) on {device()}, global batch {task.micro_batch_size * tc.grad_accum * world}")
+              f"{world} rank(s) on {device()}" + (f" (dp {dp_size} x sp {tc.sp})" if sp else "") +
+              f", global batch {task.micro_batch_size * tc.grad_accum * dp_size}")
         print(f"[halotrans] DeepSpeed config:\n{json.dumps(ds_cfg, indent=2)}", flush=True)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, tc.weight_decay),
-                                      config=ds_cfg)
+                                      config=ds_cfg, mpu=sp.mpu if sp else None)
     float_dtype = torch.bfloat16 if tc.bf16 else torch.float32
     start = checkpoint.resume(engine, run_dir) if resume else None
     if rank == 0 and resume:
@@ -133,10 +147,10 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
         engine.eval()
         totals: dict[str, float] = {}
         with torch.no_grad():
-            for batch in task.val_batches(rank, world):
+            for batch in task.val_batches(dp_rank, dp_size):
                 _, sums = task.loss(engine, _to(batch, engine.device, float_dtype))
                 for k, v in sums.items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
+                    totals[k] = totals.get(k, 0.0) + float(v) * share
         engine.train()
         if not totals:
             return {}
@@ -160,13 +174,13 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
             lr = lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, tc.steps)
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr
-            torch.manual_seed(int(np.random.SeedSequence([tc.seed, step, rank]).generate_state(1)[0]))
+            torch.manual_seed(int(np.random.SeedSequence([tc.seed, step, dp_rank]).generate_state(1)[0]))
             step_loss = torch.zeros((), device=engine.device)
             for micro in range(tc.grad_accum):
-                loss, _ = task.loss(engine, _to(task.train_batch(step, micro, rank), engine.device, float_dtype))
-                engine.backward(loss)
+                loss, _ = task.loss(engine, _to(task.train_batch(step, micro, dp_rank), engine.device, float_dtype))
+                engine.backward(loss * grad_scale)
                 engine.step()
-                step_loss += loss.detach().float() / tc.grad_accum
+                step_loss += loss.detach().float() * share / tc.grad_accum
             task.after_step(engine.module, step)
             step += 1
             step_times.append(time.time() - t_step)
@@ -174,7 +188,7 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
             row = {}
             if step % tc.log_every == 0 or step == tc.steps:
                 grad_norm = engine.get_global_grad_norm()
-                row = {"lr": lr, "loss": all_reduce_sums({"loss": step_loss.item()})["loss"] / world,
+                row = {"lr": lr, "loss": all_reduce_sums({"loss": step_loss.item()})["loss"] / dp_size,
                        "grad_norm": None if grad_norm is None else float(grad_norm), "time_s": time.time() - t0}
                 bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}")
             if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):

@@ -3,6 +3,11 @@
 Inputs δ and/or T, standardised with the training-set statistics; labels binned from
 ``/halo_mass`` with ``data.class_edges`` (class 0 = no halo). Validation tiles the validation boxes
 and reports the weighted loss and the voxel accuracy.
+
+Under sequence parallelism (``train.sp > 1``, :meth:`SegmentTask.shard_slabs`) every rank of an SP
+group draws the same crops and keeps its slab along axis 0 (inputs and labels); each slab's loss
+is divided by the weight of the whole crop (summed over the group), so the group's losses add up
+to the crop's loss, and the validation sums of the slabs add up to the crop's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from halotrans.data.boxes import IGNORE_INDEX, BoxDataset, check_box_files
 from halotrans.data.config import split_seeds
 from halotrans.data.stats import class_weights, training_stats
 from halotrans.io import atomic_path
+from halotrans.parallel.groups import SequenceParallel
+from halotrans.parallel.shard import check_slab_config, slab_of
 from halotrans.sims.boxio import box_path
 from halotrans.train.distributed import on_rank0
 
@@ -38,6 +45,18 @@ class SegmentTask:
         self.in_channels = len(cfg.data.inputs)
         self.n_classes = cfg.data.n_classes
         self.micro_batch_size = cfg.data.batch_size
+        self.sp: SequenceParallel | None = None
+
+    def shard_slabs(self, sp: SequenceParallel) -> None:
+        """Give this rank only its slab of every crop (checks that the crop splits for the model)."""
+        check_slab_config(self.cfg.model, self.cfg.data.crop, sp.size)
+        self.sp = sp
+
+    def _mine(self, batch: Batch) -> Batch:
+        if self.sp is None:
+            return batch
+        x, y = batch
+        return slab_of(x, self.sp, dim=2), slab_of(y, self.sp, dim=1)
 
     def setup(self, run_dir: Path, resume: bool) -> None:
         """Normalisation (the run's own copy on resume), training/validation boxes, class weights."""
@@ -67,12 +86,13 @@ class SegmentTask:
         return build_model(self.cfg.model, self.in_channels, self.n_classes, self.cfg.data.crop)
 
     def train_batch(self, step: int, micro: int, rank: int) -> Batch:
-        return self.train_set.batch(self.micro_batch_size, self.cfg.train.seed, step, rank, micro)
+        return self._mine(self.train_set.batch(self.micro_batch_size, self.cfg.train.seed, step, rank, micro))
 
     def val_batches(self, rank: int, world_size: int) -> Iterable[Batch]:
         if len(self.val_set) == 0:
             return []
-        return self.val_set.tile_batches(self.cfg.data.val_max_crops, self.micro_batch_size, rank, world_size)
+        return map(self._mine, self.val_set.tile_batches(self.cfg.data.val_max_crops, self.micro_batch_size, rank,
+                                                         world_size))
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Class-weighted mean cross-entropy, and sums for validation metrics."""
@@ -84,7 +104,8 @@ class SegmentTask:
         weight = w[y[valid]].sum()
         correct = ((logits.argmax(1) == y) & valid).sum()
         sums = {"loss_sum": loss_sum.detach(), "weight": weight, "correct": correct, "voxels": valid.sum()}
-        return loss_sum / weight.clamp_min(1e-12), sums
+        crop_weight = self.sp.all_reduce(weight) if self.sp else weight
+        return loss_sum / crop_weight.clamp_min(1e-12), sums
 
     @staticmethod
     def summarize(sums: dict[str, float]) -> dict[str, float]:
