@@ -56,6 +56,8 @@ NETWORKS = {"vipr": "vipr", "copra": "copra", "MONAI UNETR": "monai_unetr", "MON
 BASELINE = "logistic regression"
 #: our network -> its MONAI peer
 PEERS = {"vipr": "MONAI UNETR", "copra": "MONAI VNet"}
+#: a run of its own (~75 min): `python -m halotrans.benchmark [--quick]` skips it unless named
+IN_DEFAULT = False
 WORK = REPO / "runs" / "reference"
 QUICK_WORK = REPO / "runs" / "reference_quick"
 PUBLISH = REPO / "benchmarks" / "reference"

@@ -5,8 +5,9 @@ Each benchmark is a script ``benchmarks/bench_<name>.py`` in the repository with
 figure of ours with a named peer measured in the same run. Results are printed as one table and
 written to JSON (``benchmarks/results/<name>.json`` per benchmark and ``--json`` for all).
 
-    python -m halotrans.benchmark --quick            # everything, small sizes (2-core CPU: minutes)
+    python -m halotrans.benchmark --quick            # every benchmark, small sizes (2-core CPU: minutes)
     python -m halotrans.benchmark sims shear         # only these
+    python -m halotrans.benchmark reference          # the segmentation reference run (~75 min): only when named
     python -m halotrans.benchmark --list
 """
 
@@ -119,10 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     scripts = available()
     if args.list:
         for name, path in scripts.items():
-            doc = (load(name).__doc__ or "").strip().splitlines()
-            print(f"{name:<12} {doc[0] if doc else path.name}")
+            module = load(name)
+            doc = (module.__doc__ or "").strip().splitlines()
+            extra = "" if getattr(module, "IN_DEFAULT", True) else "  [only when named]"
+            print(f"{name:<12} {doc[0] if doc else path.name}{extra}")
         return 0
-    names = args.names or list(scripts)
+    # a benchmark whose module sets IN_DEFAULT = False (the ~75-min reference run) runs only when named
+    names = args.names or [n for n in scripts if getattr(load(n), "IN_DEFAULT", True)]
     all_rows: list[dict] = []
     for name in names:
         module = load(name)

@@ -125,7 +125,7 @@ def test_debug_executor_runs_in_process_and_records_failure(tiny_boxes, tmp_path
 config: {TINY}
 out_dir: {tmp_path / 'sweep'}
 set: {{data.root: {tmp_path / 'nowhere'}}}
-grid: {{model.depth: [1]}}
+grid: {{train.seed: [1]}}
 """))
     environ = dict(os.environ)
     jobs = submit_sweep(sweep, executor="debug")
