@@ -8,7 +8,8 @@ DeepSpeed's buckets bound, not activation memory).
 
 CPU (fp32, what runs on the 2-core test machine): every (network, crop, levers) runs in a fresh
 process of one thread (2 ranks: ``torchrun``, gloo, one thread each, i.e. both cores), one warm-up
-step then one timed step; peak = ``ru_maxrss`` at the end minus ``ru_maxrss`` after the imports
+step then one timed step; peak = the process's peak resident set (``VmHWM``) at the end minus the
+same after the imports
 (parameters, gradients, AdamW state, activations), the largest over the ranks. Each peak at the
 largest crop is compared with the memory model of ``halotrans.parallel.memory`` (16 B/parameter
 + WORKSPACE × the activations counted on the meta device), which also predicts the largest crop
@@ -61,8 +62,6 @@ def build(name: str, crop: int, checkpointing: bool = False):
 
 def probe(spec: dict) -> dict:
     """Peak memory and time of one training step of ``spec`` (model, crop, checkpointing, ranks, device)."""
-    import resource
-
     import monai.networks.nets  # noqa: F401  (imported before the memory baseline)
     import torch
     import torch.nn.functional as F
@@ -83,7 +82,9 @@ def probe(spec: dict) -> dict:
         init_distributed()
         sp = init_sequence_parallel(ranks)
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from halotrans.benchmark import peak_rss
+
+    base = peak_rss()
     device = torch.device(spec["device"])
     n = spec["crop"]
     torch.manual_seed(0)
@@ -116,7 +117,7 @@ def probe(spec: dict) -> dict:
     out = {"step_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
            "params": sum(p.numel() for p in model.parameters())}
     out["peak_bytes"] = (torch.cuda.max_memory_allocated() if cuda
-                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+                         else peak_rss() - base)
     if sp:
         sent = {k: float(v) for k, v in traffic.SENT.items()}
         gathered = [None] * ranks

@@ -10,7 +10,7 @@ one warm-up step each, then 5 steps each (quick: 3); voxels/s from the fastest s
 one least disturbed by other jobs on a shared machine (medians in the note). Measured twice: on
 all cores by wall time, and on one thread by the process's CPU time, which other jobs on the
 machine hardly change. Peak memory: every (network, crop) in a fresh subprocess, one
-warm-up step and one more step; peak = ``ru_maxrss`` at the end minus ``ru_maxrss`` after the
+warm-up step and one more step; peak = the peak resident set (``VmHWM``) at the end minus the same after the
 imports (parameters, gradients, AdamW state, activations, workspace). The peak-memory curve over
 cubic crops 32³..128³ (quick: 32³, 64³) is fitted with a + b·N³ and extrapolated to the largest
 crop side (a multiple of 16) whose training step fits in 80 GB (8e10 bytes).
@@ -67,7 +67,6 @@ def measure(names: list[str], n: int, batch: int, steps: int, device: str, best:
     """Build the networks ``names``, train them in alternation (``1 + steps`` steps each) in this
     process: median and fastest seconds per step of each, and peak bytes (meaningful for one
     network). ``one_thread``: one CPU thread, timed by this process's CPU time."""
-    import resource
     import time
 
     import monai.networks.nets  # noqa: F401  (imports before the memory baseline)
@@ -75,12 +74,13 @@ def measure(names: list[str], n: int, batch: int, steps: int, device: str, best:
 
     import halotrans.models.copra  # noqa: F401
     import halotrans.models.vipr  # noqa: F401
+    from halotrans.benchmark import peak_rss
 
     cuda = device == "cuda"
     if one_thread:
         torch.set_num_threads(1)
     clock = time.process_time if one_thread else time.perf_counter
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base_rss = peak_rss()
     x = torch.randn(batch, 2, n, n, n, device=device)
     y = torch.randint(0, 7, (batch, n, n, n), device=device)
     steps_of = {}
@@ -106,7 +106,7 @@ def measure(names: list[str], n: int, batch: int, steps: int, device: str, best:
     if cuda:
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
+        peak = peak_rss() - base_rss
     return {"seconds": {k: statistics.median(v) for k, v in times.items()},
             "fastest": {k: min(v) for k, v in times.items()}, "peak_bytes": peak, "voxels": batch * n**3}
 
@@ -158,7 +158,7 @@ def cpu_rows(quick: bool) -> list[dict]:
         peaks = {(name, n): measure_in_subprocess([name], n)["peak_bytes"] for n in curve for name in (ours, peer)}
         for n in curve:
             rows.append(row("models", f"{ours} peak memory {n}³ CPU fp32", peaks[ours, n] / 2**30, "GiB", peer,
-                            peaks[peer, n] / 2**30, higher_is_better=False, note="ru_maxrss over import baseline"))
+                            peaks[peer, n] / 2**30, higher_is_better=False, note="peak resident set (VmHWM) over the import baseline"))
         fits = [largest_crop(curve, [peaks[name, n] for n in curve]) for name in (ours, peer)]
         rows.append(row("models", f"{ours} largest cubic crop in 80 GB (fit)", fits[0], "voxels/side", peer, fits[1],
                         note=f"a + b·N³ fitted to {', '.join(f'{n}³' for n in curve)}; ratio of sides"))

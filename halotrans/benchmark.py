@@ -67,6 +67,17 @@ def machine() -> str:
     return f"{cpu}, {threads} threads (CPU)"
 
 
+def peak_rss() -> int:
+    """Peak resident set of this process in bytes (``VmHWM`` of /proc/self/status), for CPU memory
+    figures. Not ``ru_maxrss``: Linux carries that over from the parent through fork and exec, so a
+    probe started by a large benchmark process would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _fmt(x: Any) -> str:
     if x is None:
         return "-"
