@@ -96,7 +96,8 @@ def checkpoint_state(run_dir: str | os.PathLike, tag: str) -> tuple[dict[str, to
     """fp32 weights and client state of checkpoint ``tag`` (any ZeRO stage, fp32 or bf16).
 
     ZeRO and bf16 checkpoints are consolidated from the fp32 master partitions
-    (DeepSpeed's zero_to_fp32); a plain fp32 stage-0 checkpoint holds the full module.
+    (DeepSpeed's zero_to_fp32), with frozen parameters that only the module state dict holds
+    (ZeRO-1) taken from there; a plain fp32 stage-0 checkpoint holds the full module.
     """
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     tag_dir = ckpt_dir / tag
@@ -108,6 +109,11 @@ def checkpoint_state(run_dir: str | os.PathLike, tag: str) -> tuple[dict[str, to
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        # ZeRO-1 records frozen parameters (the JEPA target encoder) only in the module state dict;
+        # ZeRO-2/3 also record them for zero_to_fp32 (there the module holds empty ZeRO-3 shards)
+        for name, value in (client.get("module") or {}).items():
+            if name not in weights and value.numel() > 0:
+                weights[name] = value
     else:
         weights = client["module"]
     return {k: v.detach().float() if v.is_floating_point() else v for k, v in weights.items()}, client
