@@ -289,6 +289,29 @@ def stage_predict(name: str, source: Path, files: Sequence[Path], cache: Path, e
     return [np.load(_predictions_path(cache, f)) for f in files], time.perf_counter() - t0
 
 
+def stage_calibrated(sources: dict[str, Path], val_files: Sequence[Path], test_files: Sequence[Path],
+                     val_truths: Sequence[Any]) -> tuple[dict, dict, dict, dict]:
+    """Predict the validation and test boxes with every source (cached), fit each model's class
+    offsets on the validation boxes and apply them to its test predictions.
+
+    Returns (calibrated test probabilities, raw test probabilities, offsets, inference seconds), each
+    keyed by model name.
+    """
+    from halotrans.eval.calibration import apply_class_bias, fit_class_bias
+
+    calibrated, raw, offsets, seconds = {}, {}, {}, {}
+    for name, src in sources.items():
+        cache = (src if src.is_dir() else src.parent) / "predictions"
+        val, t_val = stage_predict(name, src, val_files, cache)
+        test, t_test = stage_predict(name, src, test_files, cache)
+        seconds[name] = t_val + t_test
+        bias = fit_class_bias(val, [t.labels for t in val_truths])
+        offsets[name] = bias.tolist()
+        raw[name] = test
+        calibrated[name] = [apply_class_bias(p, bias) for p in test]
+    return calibrated, raw, offsets, seconds
+
+
 def class_table(cfg: Config) -> list[dict]:
     """Per split: voxel fraction and number of halos of every class (the label distribution)."""
     import h5py
@@ -486,7 +509,6 @@ def _training_summary(run_dir: Path, ledger: dict) -> dict:
 
 def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = True, quick: bool = False) -> dict:
     """Run (or resume) every stage; returns the summary dict (also written as ``reference.json``)."""
-    from halotrans.eval.calibration import apply_class_bias, fit_class_bias
     from halotrans.eval.report import class_names, evaluate_model, write_report
     from halotrans.eval.truth import load_truth
 
@@ -509,16 +531,7 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     test_truths = [load_truth(f, edges) for f in test_files]
     sources = {name: Path(cfg.train.out_dir) for name, cfg in cfgs.items()}
     sources[BASELINE] = baseline
-    calibrated, raw, offsets, seconds = {}, {}, {}, {}
-    for name, src in sources.items():
-        cache = (src if src.is_dir() else src.parent) / "predictions"
-        val, t_val = stage_predict(name, src, val_files, cache)
-        test, t_test = stage_predict(name, src, test_files, cache)
-        seconds[name] = t_val + t_test
-        bias = fit_class_bias(val, [t.labels for t in val_truths])
-        offsets[name] = bias.tolist()
-        raw[name] = test
-        calibrated[name] = [apply_class_bias(p, bias) for p in test]
+    calibrated, raw, offsets, seconds = stage_calibrated(sources, val_files, test_files, val_truths)
 
     out = work / "report"
     run_meta = {name: {"source": str(src), "calibration_offsets": offsets[name]} for name, src in sources.items()}
@@ -593,20 +606,28 @@ def run(quick: bool) -> list[dict]:
     return rows_of(summary)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 6 boxes, 25 s per network, not published")
+def reference_cli(argv: Sequence[str] | None, fn: Callable[..., dict], *, doc: str | None, quick_set: Sequence[str],
+                  work: Path, quick_work: Path, publish_dir: Path, quick_help: str) -> int:
+    """The command line of a reference run (``python benchmarks/bench_<name>.py``): ``--quick``,
+    ``--set``, ``--work``, ``--no-publish``; calls ``fn(overrides, work, publish=, quick=)``. Only a
+    full run with the defaults publishes (copies its report and rewrites its RESULTS.md block)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_help}, not published")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of every reference config (e.g. train.time_budget_s=300)")
-    parser.add_argument("--work", type=Path, default=None, help=f"run directory (default {WORK.relative_to(REPO)})")
+                        help="override a key of every config of the run (e.g. train.time_budget_s=300)")
+    parser.add_argument("--work", type=Path, default=None, help=f"run directory (default {work.relative_to(REPO)})")
     parser.add_argument("--no-publish", action="store_true",
-                        help="do not copy the report to benchmarks/reference/ nor touch RESULTS.md")
+                        help=f"do not copy the report to {publish_dir.relative_to(REPO)}/ nor touch RESULTS.md")
     args = parser.parse_args(argv)
-    overrides = [*QUICK_SET, *args.overrides] if args.quick else args.overrides
-    work = args.work or (QUICK_WORK if args.quick else WORK)
+    overrides = [*quick_set, *args.overrides] if args.quick else args.overrides
     publish = not (args.quick or args.no_publish or args.overrides or args.work)
-    reference(overrides, work, publish=publish, quick=args.quick)
+    fn(overrides, args.work or (quick_work if args.quick else work), publish=publish, quick=args.quick)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return reference_cli(argv, reference, doc=__doc__, quick_set=QUICK_SET, work=WORK, quick_work=QUICK_WORK,
+                         publish_dir=PUBLISH, quick_help="6 boxes, 25 s per network")
 
 
 if __name__ == "__main__":

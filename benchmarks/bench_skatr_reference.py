@@ -1,6 +1,6 @@
 """SKATR reference at CPU scale: the frozen JEPA summary against the same ViT trained from scratch, and NPE.
 
-    python -m halotrans.benchmark skatr_reference           # ~2.5 h on 2 cores from nothing (light cones ~80 min)
+    python -m halotrans.benchmark skatr_reference           # ~2.5 h on 2 cores from nothing (light cones ~110 min)
     python -m halotrans.benchmark skatr_reference --quick   # tiny light cones, seconds of training: a smoke run
 
 One command, resumable: every stage is skipped when its output is complete, so a killed run is
@@ -15,8 +15,9 @@ with the wall-clock it has left, see ``bench_reference.stage_train``).
 3. the frozen target encoder's summaries of every light cone, computed once (timed);
 4. an MLP regression head (skatr_regress.yaml) and a spline-flow NPE (skatr_npe.yaml) on them;
 5. the same ViT trained from scratch on regression (skatr_scratch.yaml) for the wall-clock of the
-   frozen route (pretraining + summaries + head): equal wall-clock;
-6. ``skatr report`` of the three runs on the test split, the goal checks of issue 9,
+   frozen route (pretraining + summaries + head): equal wall-clock; then that ViT frozen as the
+   "regression-pretrained" summary under the same head (skatr_regpre.yaml);
+6. ``skatr report`` of the four runs on the test split, the goal checks of issue 9,
    ``reference_skatr.md``/``.json``; the full run copies them with the plots to
    ``benchmarks/reference_skatr/`` and rewrites the ``reference:skatr`` block of
    ``benchmarks/RESULTS.md``.
@@ -24,13 +25,12 @@ with the wall-clock it has left, see ``bench_reference.stage_train``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,10 @@ from halotrans.io import DataError, atomic_path
 
 CONFIG_DIR = REPO / "configs" / "reference"
 #: stage -> config file stem in configs/reference
-STAGES = {"pretrain": "skatr_pretrain", "regress": "skatr_regress", "npe": "skatr_npe", "scratch": "skatr_scratch"}
+STAGES = {"pretrain": "skatr_pretrain", "regress": "skatr_regress", "npe": "skatr_npe", "scratch": "skatr_scratch",
+          "regpre": "skatr_regpre"}
+#: stages that train on cached frozen summaries for a fixed number of steps, and whose encoder they read
+FROZEN = {"regress": "pretrain", "npe": "pretrain", "regpre": "scratch"}
 #: a run of its own (hours): `python -m halotrans.benchmark [--quick]` skips it unless named
 IN_DEFAULT = False
 WORK = REPO / "runs" / "reference_skatr"
@@ -54,7 +57,7 @@ QUICK_SET = ("lightcone.out=data/reference_quick/lightcones_tiny.h5", "lightcone
              "lightcone.dim=16", "lightcone.box_len=40.0", "lightcone.r_bubble_max=10.0", "lightcone.n_los=45",
              "lightcone.zprime_step_factor=1.3", "lightcone.wdm=false", "model.patch_size=[4,4,10]",
              "train.time_budget_s=45", "train.warmup_steps=5", "skatr.posterior_samples=200")
-QUICK_STEPS = {"regress": 60, "npe": 60}
+QUICK_STEPS = {"regress": 60, "npe": 60, "regpre": 60}
 #: parameters of the frozen-vs-scratch goal (issue 9) and its tolerance; the NPE coverage tolerance
 GOAL_PARAMS = ("omega_m", "log10_lx", "log10_tvir", "zeta")
 MAX_REL_EXCESS, MAX_COVERAGE_GAP = 0.15, 0.10
@@ -70,12 +73,10 @@ def stage_configs(overrides: Sequence[str] = (), work: Path = WORK, quick: bool 
     cfgs = {}
     for stage, stem in STAGES.items():
         extra = [f"train.out_dir={work / stage}"]
-        if stage in ("regress", "npe"):
-            extra.append(f"skatr.encoder_run={work / 'pretrain'}")
+        if stage in FROZEN:  # fixed steps on the summaries of another run's encoder, not a budget
+            extra += [f"skatr.encoder_run={work / FROZEN[stage]}", "train.time_budget_s=null"]
         if quick and stage in QUICK_STEPS:
             extra.append(f"train.steps={QUICK_STEPS[stage]}")
-        if stage in ("regress", "npe"):  # fixed steps, not a budget
-            extra.append("train.time_budget_s=null")
         cfgs[stage] = load_config(CONFIG_DIR / f"{stem}.yaml", [*overrides, *extra])
     dicts = {s: config_to_dict(c) for s, c in cfgs.items()}
     for stage in STAGES:
@@ -85,7 +86,7 @@ def stage_configs(overrides: Sequence[str] = (), work: Path = WORK, quick: bool 
     if dicts["scratch"]["model"] != dicts["pretrain"]["model"]:
         raise ConfigError(f"{CONFIG_DIR / STAGES['scratch']}.yaml: its `model` differs from "
                           f"{STAGES['pretrain']}.yaml (the peer is the same ViT trained from scratch)")
-    for stage in ("regress", "npe"):
+    for stage in FROZEN:
         if cfgs[stage].skatr.summary != "frozen":
             raise ConfigError(f"{CONFIG_DIR / STAGES[stage]}.yaml: skatr.summary must be 'frozen'")
     if cfgs["scratch"].skatr.summary != "scratch":
@@ -137,12 +138,11 @@ def stage_fixed(name: str, cfg: Config, config_file: Path) -> float:
     return seconds
 
 
-def stage_summaries(cfg: Config, work: Path) -> dict:
-    """The frozen encoder's summaries (cached in the pretraining run); their computing time is kept
-    in ``<work>/summaries.json`` so a resumed run still reports it."""
+def stage_summaries(cfg: Config, record: Path) -> dict:
+    """The frozen encoder's summaries (cached in its run directory); their computing time is kept in
+    ``record`` so a resumed run still reports it."""
     from halotrans.train.summaries import ensure_summaries
 
-    record = work / "summaries.json"
     t0 = time.time()
     path, status = ensure_summaries(cfg, progress=True)
     seconds = time.time() - t0
@@ -202,19 +202,24 @@ def summary_markdown(s: dict) -> str:
              f"{t['frozen_route_s'] / 60:.1f} min). Once the encoder is pretrained, a new regression costs "
              f"{t['summaries_s'] + t['head_s']:.0f} s against {t['scratch_s']:.0f} s from scratch: "
              f"{t['scratch_s'] / max(t['summaries_s'] + t['head_s'], 1e-9):.0f}× less.", "",
-             "| parameter | frozen summary rel. error | from scratch rel. error | ratio | frozen R² | scratch R² | NPE rel. error | NPE R² |",
-             "|---|---|---|---|---|---|---|---|"]
-    fr, sc, ne = (s["runs"][k]["metrics"] for k in ("regress", "scratch", "npe"))
+             "Relative error = mean |prediction − truth| / |truth| on the test light cones; the "
+             "regression-pretrained summary is the scratch ViT frozen, with the same head as the JEPA summary.", "",
+             "| parameter | JEPA summary (frozen) rel. error | from scratch rel. error | ratio | regression-pretrained "
+             "summary rel. error | frozen R² | scratch R² | regr.-pretrained R² | NPE rel. error | NPE R² |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fr, sc, ne, rp = (s["runs"][k]["metrics"] for k in ("regress", "scratch", "npe", "regpre"))
     for p in names:
         a, b = fr["relative_error"][p], sc["relative_error"][p]
-        lines.append(f"| {p} | {a:.4f} | {b:.4f} | {a / b if b else float('nan'):.2f} | {fr['r2'][p]:.3f} | "
-                     f"{sc['r2'][p]:.3f} | {ne['relative_error'][p]:.4f} | {ne['r2'][p]:.3f} |")
+        lines.append(f"| {p} | {a:.4f} | {b:.4f} | {a / b if b else float('nan'):.2f} | {rp['relative_error'][p]:.4f} | "
+                     f"{fr['r2'][p]:.3f} | {sc['r2'][p]:.3f} | {rp['r2'][p]:.3f} | {ne['relative_error'][p]:.4f} | "
+                     f"{ne['r2'][p]:.3f} |")
     lines += ["", f"NPE: test log posterior {ne['log_posterior']:.3f} (prior-normalised units), largest "
               f"|coverage − nominal| {ne['calibration_error']:.3f}.", "",
               f"Goals met: {sum(g['met'] for g in s['goals'])} of {len(s['goals'])}.", "",
               "| goal | met | detail |", "|---|---|---|"]
     lines += [f"| {g['goal']} | {'yes' if g['met'] else 'no'} | {g['detail']} |" for g in s["goals"]]
-    lines += ["", "![recovery, frozen summary](regress_recovery.png) ![recovery, from scratch](scratch_recovery.png)",
+    lines += ["", "![recovery, frozen summary](regress_recovery.png) ![recovery, from scratch](scratch_recovery.png) "
+              "![recovery, regression-pretrained summary](regpre_recovery.png)",
               "![NPE posteriors](npe_posteriors.png) ![NPE coverage](npe_coverage.png)"]
     for note in s.get("notes", []):
         lines += ["", note]
@@ -223,17 +228,18 @@ def summary_markdown(s: dict) -> str:
 
 def results_block(s: dict) -> str:
     """The short table for the ``reference:skatr`` block of ``benchmarks/RESULTS.md``."""
-    fr, sc, ne = (s["runs"][k]["metrics"] for k in ("regress", "scratch", "npe"))
+    fr, sc, ne, rp = (s["runs"][k]["metrics"] for k in ("regress", "scratch", "npe", "regpre"))
     t, lc = s["timing"], s["lightcones"]
     lines = [f"{s['date']}, {s['machine']}, `{s['command']}`: {lc['accepted']} light cones "
              f"{tuple(lc['shape'])} ({lc['rejected']} rejected), splits {s['splits']}; JEPA "
              f"{t['pretrain_s'] / 60:.0f} min, the scratch ViT the same wall-clock as the frozen route "
              f"({t['frozen_route_s'] / 60:.0f} min); report: `benchmarks/reference_skatr/`.", "",
-             "| parameter | frozen rel. error | scratch rel. error | ratio (goal ≤ 1.15 on Ω_m, L_X, T_vir, ζ) | NPE rel. error |",
-             "|---|---|---|---|---|"]
+             "| parameter | frozen JEPA rel. error | scratch rel. error | ratio (goal ≤ 1.15 on Ω_m, L_X, T_vir, ζ) "
+             "| regression-pretrained summary rel. error | NPE rel. error |", "|---|---|---|---|---|---|"]
     for p in s["param_names"]:
         a, b = fr["relative_error"][p], sc["relative_error"][p]
-        lines.append(f"| {p} | {a:.4f} | {b:.4f} | {a / b if b else float('nan'):.2f} | {ne['relative_error'][p]:.4f} |")
+        lines.append(f"| {p} | {a:.4f} | {b:.4f} | {a / b if b else float('nan'):.2f} | {rp['relative_error'][p]:.4f} "
+                     f"| {ne['relative_error'][p]:.4f} |")
     met = sum(g["met"] for g in s["goals"])
     lines += ["", f"NPE largest |coverage − nominal| {ne['calibration_error']:.3f} (goal ≤ 0.1). Goals met: "
               f"{met} of {len(s['goals'])}"
@@ -259,7 +265,7 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
 
     lightcones = stage_lightcones(files["pretrain"], cfgs["pretrain"].lightcone.n)
     pre_ledger = ref.stage_train("JEPA pretraining", cfgs["pretrain"], files["pretrain"])
-    summaries = stage_summaries(cfgs["regress"], work)
+    summaries = stage_summaries(cfgs["regress"], work / "summaries.json")
     head_s = stage_fixed("regression head", cfgs["regress"], files["regress"])
     npe_s = stage_fixed("NPE flow", cfgs["npe"], files["npe"])
 
@@ -272,10 +278,13 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     cfgs["scratch"] = load_config(files["scratch"], [f"train.time_budget_s={budget}"])
     save_config(cfgs["scratch"], files["scratch"])
     scratch_ledger = ref.stage_train("ViT from scratch", cfgs["scratch"], files["scratch"])
+    # the regression-pretrained summary: the scratch ViT frozen, the same head on its summaries
+    regpre_summaries = stage_summaries(cfgs["regpre"], work / "summaries_regpre.json")
+    regpre_head_s = stage_fixed("regression head on the regression-pretrained summary", cfgs["regpre"], files["regpre"])
 
     out = work / "report"
     reports = {}
-    for stage in ("regress", "npe", "scratch"):
+    for stage in ("regress", "npe", "scratch", "regpre"):
         run_dir = Path(cfgs[stage].train.out_dir)
         report = evaluate_run(run_dir, "test", None, progress=False)
         write_run_report(report, run_dir / "report")
@@ -298,7 +307,8 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
         "pretrain": _pretrain_summary(Path(cfgs["pretrain"].train.out_dir), pre_ledger),
         "timing": {"pretrain_s": pretrain_s, "summaries_s": summaries["seconds"], "head_s": head_s, "npe_s": npe_s,
                    "frozen_route_s": frozen_route, "scratch_budget_s": budget,
-                   "scratch_s": ref.used_seconds(scratch_ledger), "scratch_steps": scratch_ledger["steps"]},
+                   "scratch_s": ref.used_seconds(scratch_ledger), "scratch_steps": scratch_ledger["steps"],
+                   "regpre_summaries_s": regpre_summaries["seconds"], "regpre_head_s": regpre_head_s},
         "runs": {k: {"info": r["info"], "metrics": r["metrics"]} for k, r in reports.items()},
     }
     summary["splits"][1] = _val_count(cfgs["regress"])
@@ -349,19 +359,9 @@ def run(quick: bool) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny light cones, seconds per stage, not published")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key of every stage's config (e.g. train.time_budget_s=1200)")
-    parser.add_argument("--work", type=Path, default=None, help=f"run directory (default {WORK.relative_to(REPO)})")
-    parser.add_argument("--no-publish", action="store_true",
-                        help="do not copy the report to benchmarks/reference_skatr/ nor touch RESULTS.md")
-    args = parser.parse_args(argv)
-    overrides = [*QUICK_SET, *args.overrides] if args.quick else args.overrides
-    work = args.work or (QUICK_WORK if args.quick else WORK)
-    publish = not (args.quick or args.no_publish or args.overrides or args.work)
-    reference(overrides, work, publish=publish, quick=args.quick)
-    return 0
+    return load("reference").reference_cli(argv, reference, doc=__doc__, quick_set=QUICK_SET, work=WORK,
+                                           quick_work=QUICK_WORK, publish_dir=PUBLISH,
+                                           quick_help="tiny light cones, seconds per stage")
 
 
 if __name__ == "__main__":

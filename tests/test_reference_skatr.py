@@ -21,7 +21,7 @@ sk = load("skatr_reference")
 
 def test_the_stages_read_one_light_cone_set_and_the_scratch_peer_is_the_same_vit(tmp_path):
     cfgs = sk.stage_configs(work=tmp_path)
-    assert list(cfgs) == ["pretrain", "regress", "npe", "scratch"]
+    assert list(cfgs) == ["pretrain", "regress", "npe", "scratch", "regpre"]
     lc = cfgs["pretrain"].lightcone
     # issue 9: >= 600 light cones of the CPU set (14 x 14 x 537, 38 nodes, spin temperature on)
     assert lc.n >= 600 and (lc.hii_dim, lc.n_los, lc.zprime_step_factor) == (14, 537, 1.05) and lc.spin_temperature
@@ -30,6 +30,11 @@ def test_the_stages_read_one_light_cone_set_and_the_scratch_peer_is_the_same_vit
     assert 0 < cfgs["pretrain"].train.time_budget_s <= 45 * 60  # "JEPA pretraining within ~45 minutes"
     for stage in ("regress", "npe"):
         assert cfgs[stage].skatr.encoder_run == str(tmp_path / "pretrain")
+    # the regression-pretrained summary: the scratch ViT frozen, under the same head as the JEPA summary
+    assert cfgs["regpre"].skatr.encoder_run == str(tmp_path / "scratch") and cfgs["regpre"].skatr.summary == "frozen"
+    assert cfgs["regpre"].skatr.head_hidden == cfgs["regress"].skatr.head_hidden
+    assert cfgs["regpre"].train.steps == cfgs["regress"].train.steps
+    for stage in ("regress", "npe", "regpre"):
         assert cfgs[stage].train.time_budget_s is None
     assert cfgs["scratch"].model == cfgs["pretrain"].model and cfgs["scratch"].skatr.summary == "scratch"
     assert {Path(c.train.out_dir).name for c in cfgs.values()} == set(sk.STAGES)
@@ -78,6 +83,7 @@ def test_goal_checks_compare_each_parameter_with_its_margin():
 
 def _summary() -> dict:
     runs = {"regress": _metrics(dict.fromkeys(PARAMS, 0.2)), "scratch": _metrics(dict.fromkeys(PARAMS, 0.1)),
+            "regpre": _metrics(dict.fromkeys(PARAMS, 0.15)),
             "npe": _metrics(dict.fromkeys(PARAMS, 0.25), log_posterior=3.2, calibration_error=0.07)}
     s = {"date": "2026-12-04 10:00", "machine": "cpu", "command": sk.COMMAND, "seconds": 600.0,
          "lightcones": {"path": "x.h5", "accepted": 600, "shape": [14, 14, 537], "rejected": 400,
@@ -93,7 +99,7 @@ def _summary() -> dict:
 def test_tables_show_every_parameter_the_ratios_and_the_missed_goals():
     s = _summary()
     md = sk.summary_markdown(s)
-    assert md.count("| 0.2000 | 0.1000 | 2.00 |") == len(PARAMS) and "18× less" in md  # 1260 / (30 + 40)
+    assert md.count("| 0.2000 | 0.1000 | 2.00 | 0.1500 |") == len(PARAMS) and "18× less" in md  # 1260 / (30 + 40)
     block = sk.results_block(s)
     assert "600 light cones" in block and "Goals met: 1 of 5: missed" in block and "2.00×" in block
     rows = sk.rows_of(s)
@@ -109,8 +115,8 @@ def test_quick_run_goes_through_every_stage_and_resumes_without_redoing_work(tmp
     s = json.loads((tmp_path / "w" / "report" / "reference_skatr.json").read_text())
     assert s["lightcones"]["accepted"] == 10 and s["lightcones"]["rejected"] > 0
     assert sum(s["splits"]) == 10 and s["timing"]["scratch_budget_s"] == pytest.approx(s["timing"]["frozen_route_s"], abs=0.1)
-    assert len(s["goals"]) == 5 and set(s["runs"]) == {"regress", "npe", "scratch"}
-    for f in ("reference_skatr.md", "skatr_report.md", "npe_coverage.png", "scratch_recovery.png"):
+    assert len(s["goals"]) == 5 and set(s["runs"]) == {"regress", "npe", "scratch", "regpre"}
+    for f in ("reference_skatr.md", "skatr_report.md", "npe_coverage.png", "scratch_recovery.png", "regpre_recovery.png"):
         assert (tmp_path / "w" / "report" / f).is_file(), f
     again = run([sys.executable, *cmd], timeout=600, cwd=REPO)
     assert "(finished)" in again.stdout and "summaries" in again.stdout and "cached" in again.stdout
