@@ -19,8 +19,6 @@ input set) are taken at GPU scale; here the same comparison is measured at the C
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,6 @@ from typing import Sequence
 
 from halotrans.benchmark import REPO, load, machine, row
 from halotrans.config import Config, load_config, save_config
-from halotrans.io import atomic_path
 
 CONFIG_DIR = REPO / "configs" / "reference"
 NETWORKS = ("vipr", "copra")
@@ -40,7 +37,6 @@ IN_DEFAULT = False
 WORK = REPO / "runs" / "features"
 QUICK_WORK = REPO / "runs" / "features_quick"
 PUBLISH = REPO / "benchmarks" / "features"
-RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 COMMAND = "python -m halotrans.benchmark features"
 QUICK_SET = ("data.train_seeds=0-3", "data.val_seeds=4", "data.test_seeds=5", "train.time_budget_s=20",
              "train.warmup_steps=5")
@@ -177,20 +173,9 @@ def features(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = T
                               for name, m in report["models"].items()}),
     }
     summary["goals"] = goal_checks(summary["models"], len(summary["class_names"]))
-    notes_file = PUBLISH / "NOTES.md"
-    summary["notes"] = [notes_file.read_text(encoding="utf-8").strip()] if publish and notes_file.is_file() else []
-    with atomic_path(out / "features.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-    with atomic_path(out / "features.md") as tmp:
-        tmp.write_text(summary_markdown(summary), encoding="utf-8")
-    if publish:
-        PUBLISH.mkdir(parents=True, exist_ok=True)
-        for fname in (*REPORT_FILES, "features.md", "features.json"):
-            if (out / fname).is_file():
-                shutil.copyfile(out / fname, PUBLISH / fname)
-        ref.update_results_block(RESULTS_MD, "features", results_block(summary))
-        print(f"published {PUBLISH} and the features block of {RESULTS_MD}", flush=True)
-    print(f"features: {out / 'features.md'}", flush=True)
+    summary["notes"] = ref.read_notes(PUBLISH, publish)
+    ref.write_summary(summary, summary_markdown(summary), out, "features", publish=publish, publish_dir=PUBLISH,
+                      files=REPORT_FILES, block="features", block_text=results_block(summary))
     return summary
 
 

@@ -486,6 +486,30 @@ def update_results_block(path: Path, block: str, text: str) -> None:
         tmp.write_text(new, encoding="utf-8")
 
 
+def read_notes(publish_dir: Path, publish: bool) -> list[str]:
+    """The reading a person wrote for a published run (``<publish_dir>/NOTES.md``), if any."""
+    notes_file = publish_dir / "NOTES.md"
+    return [notes_file.read_text(encoding="utf-8").strip()] if publish and notes_file.is_file() else []
+
+
+def write_summary(summary: dict, markdown: str, out: Path, stem: str, *, publish: bool, publish_dir: Path,
+                  files: Sequence[str], block: str, block_text: str) -> None:
+    """Write ``<out>/<stem>.json`` and ``.md`` (atomically); when ``publish``, copy them and ``files``
+    (names in ``out``, those present) to ``publish_dir`` and rewrite the ``block`` of RESULTS.md."""
+    with atomic_path(out / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    with atomic_path(out / f"{stem}.md") as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
+    if publish:
+        publish_dir.mkdir(parents=True, exist_ok=True)
+        for fname in (*files, f"{stem}.md", f"{stem}.json"):
+            if (out / fname).is_file():
+                shutil.copyfile(out / fname, publish_dir / fname)
+        update_results_block(RESULTS_MD, block, block_text)
+        print(f"published {publish_dir} and the {block} block of {RESULTS_MD}", flush=True)
+    print(f"{stem}: {out / (stem + '.md')}", flush=True)
+
+
 def _training_summary(run_dir: Path, ledger: dict) -> dict:
     import csv
 
@@ -563,20 +587,9 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
         "uncalibrated": uncal,
     }
     summary["goals"] = goal_checks(summary["models"], n_classes)
-    notes_file = PUBLISH / "NOTES.md"
-    summary["notes"] = [notes_file.read_text(encoding="utf-8").strip()] if publish and notes_file.is_file() else []
-    with atomic_path(out / "reference.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-    with atomic_path(out / "reference.md") as tmp:
-        tmp.write_text(summary_markdown(summary), encoding="utf-8")
-    if publish:
-        PUBLISH.mkdir(parents=True, exist_ok=True)
-        for fname in (*REPORT_FILES, "reference.md", "reference.json"):
-            if (out / fname).is_file():
-                shutil.copyfile(out / fname, PUBLISH / fname)
-        update_results_block(RESULTS_MD, "segmentation", results_block(summary))
-        print(f"published {PUBLISH} and the segmentation block of {RESULTS_MD}", flush=True)
-    print(f"reference: {out / 'reference.md'}", flush=True)
+    summary["notes"] = read_notes(PUBLISH, publish)
+    write_summary(summary, summary_markdown(summary), out, "reference", publish=publish, publish_dir=PUBLISH,
+                  files=REPORT_FILES, block="segmentation", block_text=results_block(summary))
     return summary
 
 

@@ -49,7 +49,6 @@ IN_DEFAULT = False
 WORK = REPO / "runs" / "reference_skatr"
 QUICK_WORK = REPO / "runs" / "reference_skatr_quick"
 PUBLISH = REPO / "benchmarks" / "reference_skatr"
-RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 COMMAND = "python -m halotrans.benchmark skatr_reference"
 #: the smoke run: 21cmFAST's tiny light cones (configs/skatr/lightcones_tiny.yaml, 8×8×40 after the
 #: line-of-sight crop), a 2×2×4-token ViT, a few seconds of training per stage
@@ -313,21 +312,11 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     }
     summary["splits"][1] = _val_count(cfgs["regress"])
     summary["goals"] = goal_checks(reports["regress"]["metrics"], reports["scratch"]["metrics"], reports["npe"]["metrics"])
-    notes_file = PUBLISH / "NOTES.md"
-    summary["notes"] = [notes_file.read_text(encoding="utf-8").strip()] if publish and notes_file.is_file() else []
+    summary["notes"] = ref.read_notes(PUBLISH, publish)
     summary = ref._clean(summary)
-    with atomic_path(out / "reference_skatr.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
-    with atomic_path(out / "reference_skatr.md") as tmp:
-        tmp.write_text(summary_markdown(summary), encoding="utf-8")
-    if publish:
-        PUBLISH.mkdir(parents=True, exist_ok=True)
-        for f in out.iterdir():
-            if f.suffix in (".md", ".json", ".png"):
-                shutil.copyfile(f, PUBLISH / f.name)
-        ref.update_results_block(RESULTS_MD, "skatr", results_block(summary))
-        print(f"published {PUBLISH} and the skatr block of {RESULTS_MD}", flush=True)
-    print(f"skatr reference: {out / 'reference_skatr.md'}", flush=True)
+    ref.write_summary(summary, summary_markdown(summary), out, "reference_skatr", publish=publish, publish_dir=PUBLISH,
+                      files=sorted(f.name for f in out.iterdir() if f.suffix in (".md", ".json", ".png")),
+                      block="skatr", block_text=results_block(summary))
     return summary
 
 

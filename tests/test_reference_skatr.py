@@ -47,21 +47,16 @@ def _copy_configs(tmp_path: Path) -> None:
         (tmp_path / f.name).write_text(f.read_text().replace("../skatr/", str(REPO / "configs/skatr") + "/"))
 
 
-def test_a_scratch_peer_with_another_vit_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stem, extra, error", [
+    ("skatr_scratch", "model:\n  depth: 6\n", "skatr_scratch.yaml: its `model` differs"),  # another ViT as peer
+    ("skatr_npe", "lightcone:\n  out: data/other.h5\n", "skatr_npe.yaml: its `lightcone` section differs"),
+])
+def test_a_stage_that_breaks_the_comparison_is_refused(tmp_path, monkeypatch, stem, extra, error):
     _copy_configs(tmp_path)
-    with open(tmp_path / "skatr_scratch.yaml", "a") as f:
-        f.write("model:\n  depth: 6\n")
+    with open(tmp_path / f"{stem}.yaml", "a") as f:
+        f.write(extra)
     monkeypatch.setattr(sk, "CONFIG_DIR", tmp_path)
-    with pytest.raises(ConfigError, match="skatr_scratch.yaml: its `model` differs"):
-        sk.stage_configs(work=tmp_path / "w")
-
-
-def test_a_stage_reading_other_light_cones_is_refused(tmp_path, monkeypatch):
-    _copy_configs(tmp_path)
-    with open(tmp_path / "skatr_npe.yaml", "a") as f:
-        f.write("lightcone:\n  out: data/other.h5\n")
-    monkeypatch.setattr(sk, "CONFIG_DIR", tmp_path)
-    with pytest.raises(ConfigError, match="skatr_npe.yaml: its `lightcone` section differs"):
+    with pytest.raises(ConfigError, match=error):
         sk.stage_configs(work=tmp_path / "w")
 
 
