@@ -10,11 +10,15 @@ no rows.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from halotrans.benchmark import BENCH_DIR, REPO, load
+from halotrans.benchmark import REPO
 
-PUBLISHED = BENCH_DIR / "reference" / "reference.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py next to this file
+import harness  # noqa: E402
+
+PUBLISHED = REPO / "benchmarks" / "reference" / "reference.json"
 QUICK = REPO / "runs" / "reference_quick" / "reference.json"
 
 
@@ -25,4 +29,4 @@ def run(quick: bool) -> list[dict]:
         return []
     summary = json.loads(path.read_text())
     print(f"from {path.relative_to(REPO)} (run of {summary.get('date', '?')}, {summary.get('machine', '?')})")
-    return load("reference").rows_of(summary)
+    return harness.segmentation_rows(summary, "reference")

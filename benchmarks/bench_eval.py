@@ -48,7 +48,7 @@ def _monai(model: nn.Module, x: torch.Tensor, window: int, pad: int) -> np.ndarr
 
 
 def run(quick: bool) -> list[dict]:
-    from halotrans.models.build import build_model
+    from halotrans.models.registry import build_model
 
     n, window, repeats = (48, 32, 2) if quick else (128, 64, 2)
     torch.manual_seed(0)

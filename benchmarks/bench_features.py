@@ -6,7 +6,7 @@
 The segmentation reference recipe (configs/reference/{vipr,copra}.yaml, the boxes of
 ``data/reference/boxes``, seeds 0-15 train, 16-17 validation, 18-19 test) with ``data.inputs`` set
 to each input set and a shorter wall-clock budget per run (:data:`BUDGET_S`, ``--set
-train.time_budget_s=...``): six runs planned and trained alike (``bench_reference.stage_train``:
+train.time_budget_s=...``): six runs planned and trained alike (``harness.stage_train``:
 the timing probe of each network plans its schedule; a killed run resumes with the budget it has
 left), periodic sliding-window predictions of the validation and test boxes, masses calibrated on
 the validation boxes, one report of the six models on the test boxes. Every stage is skipped when
@@ -24,8 +24,12 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from halotrans.benchmark import REPO, load, machine, row
-from halotrans.config import Config, load_config, save_config
+from halotrans.benchmark import REPO, row
+from halotrans.config import Config, load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py next to this file
+import harness  # noqa: E402
+from harness import class_aucs, mass_errors  # noqa: E402
 
 CONFIG_DIR = REPO / "configs" / "reference"
 NETWORKS = ("vipr", "copra")
@@ -42,7 +46,6 @@ QUICK_SET = ("data.train_seeds=0-3", "data.val_seeds=4", "data.test_seeds=5", "t
              "train.warmup_steps=5")
 #: issue 3's goals (stated for the GPU scale; checked here at the CPU budget)
 MIN_AUC, MAX_MASS_ERROR = 0.95, 0.05
-REPORT_FILES = ("report.md", "report.json", "roc.png", "slices.png", "confusion.png", "halo_masses.png")
 
 
 def run_name(network: str, label: str) -> str:
@@ -67,12 +70,12 @@ def goal_checks(models: dict, n_classes: int) -> list[dict]:
     mass error against the paper's targets."""
     checks = []
     for label in INPUT_SETS:
-        v, c = models[run_name("vipr", label)]["per_class"], models[run_name("copra", label)]["per_class"]
-        d = [_num(v[k]["auc"]) - _num(c[k]["auc"]) for k in range(n_classes)]
+        v, c = models[run_name("vipr", label)], models[run_name("copra", label)]
+        a = class_aucs(v, n_classes)
+        d = [x - y for x, y in zip(a, class_aucs(c, n_classes))]
         checks.append({"goal": f"vipr AUC > copra AUC, every class ({label})", "met": min(d) > 0,
                        "detail": "ΔAUC per class " + ", ".join(f"{x:+.4f}" for x in d)})
-        a = [_num(v[k]["auc"]) for k in range(n_classes)]
-        e = [abs(_num(v[k]["mass_rel_error"])) for k in range(1, n_classes)]
+        e = [abs(x) for x in mass_errors(v, n_classes)]
         checks.append({"goal": f"vipr AUC >= {MIN_AUC} every class ({label})", "met": min(a) >= MIN_AUC,
                        "detail": f"lowest {min(a):.4f}" + ("" if min(a) >= MIN_AUC else f": {MIN_AUC - min(a):.4f} short")})
         checks.append({"goal": f"vipr |ΔM/M| < {MAX_MASS_ERROR:.0%} every halo class ({label})",
@@ -82,15 +85,10 @@ def goal_checks(models: dict, n_classes: int) -> list[dict]:
     return checks
 
 
-def _num(x: float | None) -> float:
-    return float("nan") if x is None else float(x)
-
-
 def _line(name: str, m: dict, steps, k: int) -> str:
-    a = [_num(m["per_class"][c]["auc"]) for c in range(k)]
-    e = [_num(m["per_class"][c]["mass_rel_error"]) for c in range(1, k)]
+    a = class_aucs(m, k)
     return (f"| {name} | {steps} | {min(a):.4f} | " + ", ".join(f"{x:.3f}" for x in a) + " | "
-            + ", ".join(f"{100 * x:+.1f}%" for x in e) + f" | {m['accuracy']:.4f} |")
+            + ", ".join(harness.fmt_pct(x) for x in mass_errors(m, k)) + f" | {m['accuracy']:.4f} |")
 
 
 def table(s: dict) -> list[str]:
@@ -109,8 +107,7 @@ def summary_markdown(s: dict) -> str:
              f"reference recipe (configs/reference/), {s['budget_s']:g} s of wall-clock training each, only "
              "`data.inputs` differs between the runs of a network; masses calibrated on the validation boxes.", "",
              *table(s), "", f"## Goals (issue 3, stated for the GPU scale): {met} of {len(s['goals'])} met here", "",
-             "| goal | met | detail |", "|---|---|---|"]
-    lines += [f"| {g['goal']} | {'yes' if g['met'] else '**no**'} | {g['detail']} |" for g in s["goals"]]
+             *harness.goal_lines(s["goals"])]
     if s.get("notes"):
         lines += ["", "## Notes", "", *s["notes"]]
     lines += ["", "Full report: [report.md](report.md) with `roc.png`, `slices.png`, `confusion.png`, `halo_masses.png`."]
@@ -123,7 +120,7 @@ def results_block(s: dict) -> str:
         f"{s['date']}, {s['machine']}, `{s['command']}` ({s['budget_s']:g} s of training per run; report: "
         "`benchmarks/features/`).", "", *table(s), "",
         f"Goals of issue 3 (stated for the GPU scale) met at this budget: {met} of {len(s['goals'])}: "
-        + "; ".join(f"{g['goal']}: {'yes' if g['met'] else 'no (' + g['detail'] + ')'}" for g in s["goals"]) + "."])
+        + harness.goals_sentence(s["goals"]) + "."])
 
 
 def features(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = True, quick: bool = False) -> dict:
@@ -131,51 +128,45 @@ def features(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = T
     from halotrans.eval.report import class_names, write_report
     from halotrans.eval.truth import load_truth
 
-    ref = load("reference")
     t_start = time.time()
     cfgs = run_configs(overrides, work)
-    files = {}
-    for name, cfg in cfgs.items():
-        files[name] = work / "configs" / f"{Path(cfg.train.out_dir).name}.yaml"
-        save_config(cfg, files[name])
+    files = harness.write_configs(cfgs, {name: Path(cfg.train.out_dir).name for name, cfg in cfgs.items()}, work)
     first_name, first = next(iter(cfgs.items()))
-    ref.stage_boxes(first, files[first_name])
+    harness.stage_boxes(first, files[first_name])
 
     probes: dict[str, float] = {}
 
     def probe(cfg: Config, config_file: Path) -> float:
         """One timing probe per network (the input set changes only the first layer)."""
         if cfg.model.name not in probes:
-            probes[cfg.model.name] = ref.probe_step_seconds(cfg, config_file)
+            probes[cfg.model.name] = harness.probe_step_seconds(cfg, config_file)
         return probes[cfg.model.name]
 
-    ledgers = {name: ref.stage_train(name, cfg, files[name], probe=probe) for name, cfg in cfgs.items()}
+    ledgers = {name: harness.stage_train(name, cfg, files[name], probe=probe) for name, cfg in cfgs.items()}
     edges = list(first.data.class_edges)
-    val_files, test_files = ref.files_of(first, "val"), ref.files_of(first, "test")
+    val_files, test_files = harness.files_of(first, "val"), harness.files_of(first, "test")
     val_truths = [load_truth(f, edges) for f in val_files]
     test_truths = [load_truth(f, edges) for f in test_files]
     sources = {name: Path(cfg.train.out_dir) for name, cfg in cfgs.items()}
-    calibrated, _, offsets, _ = ref.stage_calibrated(sources, val_files, test_files, val_truths)
+    calibrated, _, offsets, _ = harness.stage_calibrated(sources, val_files, test_files, val_truths)
     out = work / "report"
     report = write_report(out, test_truths, calibrated, edges, tolerance=first.eval.boundary_tolerance,
                           meta={name: {"source": str(src), "inputs": list(cfgs[name].data.inputs),
                                        "calibration_offsets": offsets[name]} for name, src in sources.items()})
     summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "quick": quick,
-        "command": COMMAND + (" --quick" if quick else "") + "".join(f" --set {o}" for o in overrides if not quick),
-        "seconds": time.time() - t_start,
-        "boxes": f"{len(ref.all_seeds(first))} × {first.sim.n_grid}³ particles, L = {first.sim.box_size:g} Mpc/h; "
+        **harness.run_header(COMMAND, overrides, quick, t_start),
+        "boxes": f"{len(harness.all_seeds(first))} × {first.sim.n_grid}³ particles, L = {first.sim.box_size:g} Mpc/h; "
                  f"train {first.data.train_seeds}, validation {first.data.val_seeds}, test {first.data.test_seeds}",
         "class_edges": edges, "class_names": class_names(edges), "budget_s": float(first.train.time_budget_s),
-        "training": {name: ref._training_summary(sources[name], ledgers[name]) for name in cfgs},
+        "training": {name: harness.training_summary(sources[name], ledgers[name]) for name in cfgs},
         "calibration": offsets,
-        "models": ref._clean({name: {k: m[k] for k in ("accuracy", "auc_mean_halo_classes", "per_class")}
-                              for name, m in report["models"].items()}),
+        "models": harness.clean({name: {k: m[k] for k in ("accuracy", "auc_mean_halo_classes", "per_class")}
+                                 for name, m in report["models"].items()}),
     }
     summary["goals"] = goal_checks(summary["models"], len(summary["class_names"]))
-    summary["notes"] = ref.read_notes(PUBLISH, publish)
-    ref.write_summary(summary, summary_markdown(summary), out, "features", publish=publish, publish_dir=PUBLISH,
-                      files=REPORT_FILES, block="features", block_text=results_block(summary))
+    summary["notes"] = harness.read_notes(PUBLISH, publish)
+    harness.write_summary(summary, summary_markdown(summary), out, "features", publish=publish, publish_dir=PUBLISH,
+                          files=harness.SEGMENTATION_REPORT_FILES, block="features", block_text=results_block(summary))
     return summary
 
 
@@ -186,10 +177,10 @@ def rows_of(summary: dict) -> list[dict]:
     k = len(summary["class_names"])
 
     def min_auc(name: str) -> float:
-        return min(_num(models[name]["per_class"][c]["auc"]) for c in range(k))
+        return min(class_aucs(models[name], k))
 
     def max_err(name: str) -> float:
-        return max(abs(_num(models[name]["per_class"][c]["mass_rel_error"])) for c in range(1, k))
+        return max(abs(e) for e in mass_errors(models[name], k))
 
     out = []
     for label in INPUT_SETS:
@@ -213,9 +204,8 @@ def run(quick: bool) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return load("reference").reference_cli(argv, features, doc=__doc__, quick_set=QUICK_SET, work=WORK,
-                                           quick_work=QUICK_WORK, publish_dir=PUBLISH,
-                                           quick_help="6 boxes, 20 s per run")
+    return harness.reference_cli(argv, features, doc=__doc__, quick_set=QUICK_SET, work=WORK, quick_work=QUICK_WORK,
+                                 publish_dir=PUBLISH, quick_help="6 boxes, 20 s per run")
 
 
 if __name__ == "__main__":

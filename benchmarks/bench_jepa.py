@@ -5,7 +5,7 @@ Fourier positions; predictor dim 48, depth 4; light cones 28×28×470 (7×7×47 
 quick: 28×28×200, 980 tokens), batch 4, AdamW. Inputs are random fields (data loading excluded).
 
 * ours: multi-block tube masks sampled for the whole batch as index tensors
-  (:func:`halotrans.data.masks.sample_tube_masks`: four tube targets, one context), one context-
+  (:func:`halotrans.skatr.masks.sample_tube_masks`: four tube targets, one context), one context-
   encoder pass, one target-encoder pass, SDPA attention, in-place ``_foreach_lerp_`` EMA; bf16 autocast
   on CUDA, fp32 on CPU.
 * peer "SKATR reference step": a straightforward re-implementation of heidelberg-hepml/skatr's
@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from halotrans.benchmark import row
-from halotrans.data.masks import sample_tube_masks
-from halotrans.models.jepa import JEPA, jepa_loss
 from halotrans.models.vit import ViT3D
+from halotrans.skatr.jepa import JEPA, jepa_loss
+from halotrans.skatr.masks import sample_tube_masks
 
 PATCH = (4, 4, 10)
 BATCH = 4

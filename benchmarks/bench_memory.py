@@ -49,8 +49,8 @@ LEVERS = {"vipr": ("vipr", False, 1), "vipr + checkpointing": ("vipr", True, 1),
 
 
 def build(name: str, crop: int, checkpointing: bool = False):
-    from halotrans.models.build import build_model
     from halotrans.models.config import ModelConfig
+    from halotrans.models.registry import build_model
 
     cfg = ModelConfig(name=name, hidden_size=512, depth=12, num_heads=8, mlp_dim=2048, patch_size=16,
                       feature_size=14, activation_checkpointing=checkpointing)
@@ -75,9 +75,9 @@ def probe(spec: dict) -> dict:
         import torch.distributed as dist
 
         from halotrans.parallel import traffic
+        from halotrans.parallel.distributed import init_distributed
         from halotrans.parallel.groups import init_sequence_parallel
         from halotrans.parallel.shard import parallelize, slab_of
-        from halotrans.train.distributed import init_distributed
 
         init_distributed()
         sp = init_sequence_parallel(ranks)
@@ -125,7 +125,7 @@ def probe(spec: dict) -> dict:
         out["peak_bytes"] = max(g["peak"] for g in gathered)
         out["step_s"] = max(g["step_s"] for g in gathered)
         out["sent_bytes"] = gathered[0]["sent"]
-        from halotrans.train.distributed import shutdown
+        from halotrans.parallel.distributed import shutdown
 
         shutdown()
         if sp.rank + sp.dp_rank:
@@ -166,11 +166,12 @@ def fit(sizes: list[int], peaks: list[float]) -> tuple[float, float]:
 
 
 def cpu_memory_rows(quick: bool) -> list[dict]:
+    from scaling_model import VIPR, vipr_profile, vipr_traffic_per_step
+
     from halotrans.benchmark import row
     from halotrans.models.config import ModelConfig
     from halotrans.parallel.memory import WORKSPACE, Levers, activation_bytes_per_voxel, fixed_bytes
     from halotrans.parallel.memory import largest_crop as largest_crop_model
-    from scaling_model import VIPR, vipr_profile, vipr_traffic_per_step
 
     crops = [32, 64] if quick else [32, 64, 96, 128]
     levers = {k: v for k, v in LEVERS.items() if not (quick and k == "vipr + checkpointing, 2 ranks")}

@@ -10,16 +10,31 @@ box in under 60 s on the 2-core CPU and under 10 s on an H100.
 
 ``--quick``: the 64³ box in full; at 128³ only the ICs and 3 PM steps, extrapolated to 40 steps
 (no FoF at 128³; later steps are a little slower as particles cluster).
+
+``pinocchio`` rows (issue 15): one 64³ box (64 Mpc/h, the ``sims/box64`` settings) labelled by
+PINOCCHIO v5 and by our PM + FoF started from PINOCCHIO's own linear δ (its run-mode-2 density file,
+scaled to z_init), i.e. on the same initial conditions. Seconds to labels: PINOCCHIO's full run
+(ICs, collapse times, fragmentation, catalogue, timeless snapshot; 2 MPI ranks) plus reading its
+``GRUP`` labels, against ``simulate_from_delta`` (ICs, 128³-mesh 40-step PM, FoF, labels). Label
+agreement: PINOCCHIO's mass classes against the N-body ones (5 classes, edges 13.0/13.5/14.0 in
+log10 M☉/h): accuracy (peer: labelling every voxel "no halo"), per-class recall and ΔM/M of the
+total mass per class. The binary is ``$PINOCCHIO``, else ``build/pinocchio/bin/pinocchio.x``
+(``scripts/build_pinocchio.sh``), else ``pinocchio.x`` on PATH; without one the row says "not run".
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from halotrans.benchmark import row
+from halotrans.benchmark import REPO, row
 from halotrans.sims.box import simulate_box
 from halotrans.sims.config import SimConfig
 from halotrans.sims.cosmology import Cosmology
@@ -108,6 +123,88 @@ def ours_full(cfg: SimConfig, device: str) -> dict[str, float]:
     return timings
 
 
+PINOCCHIO_EDGES = (13.0, 13.5, 14.0)  # log10 M☉/h: 5 classes (0 = no halo)
+PINOCCHIO_N = 64
+PINOCCHIO_BUILD = "scripts/build_pinocchio.sh PINOCCHIO_SRC PFFT_SRC"
+
+
+def find_pinocchio() -> str | None:
+    """``$PINOCCHIO``, else the binary ``scripts/build_pinocchio.sh`` makes, else ``pinocchio.x`` on PATH."""
+    for exe in (os.environ.get("PINOCCHIO"), str(REPO / "build" / "pinocchio" / "bin" / "pinocchio.x"),
+                shutil.which("pinocchio.x")):
+        if exe and shutil.which(exe):
+            return exe
+    return None
+
+
+def pinocchio_rows(exe: str | None, n: int = PINOCCHIO_N, seed: int = 0, ranks: int | None = None) -> list[dict]:
+    """The ``pinocchio`` rows: seconds to labels and label agreement on one box (see the module doc)."""
+    metric = f"pinocchio: seconds to labels, {n}³ box ({n} Mpc/h)"
+    if exe is None:
+        return [row(NAME, metric, None, "s", "PINOCCHIO v5", None, higher_is_better=False,
+                    note=f"not run: no PINOCCHIO binary (build it: {PINOCCHIO_BUILD}; then PINOCCHIO=/path/pinocchio.x)")]
+    from halotrans.data.boxes import mass_to_class
+    from halotrans.eval.metrics import accuracy, class_masses, class_recall, confusion_matrix, mass_relative_error
+    from halotrans.sims.box import simulate_from_delta
+    from halotrans.sims.readers import pinocchio
+    from halotrans.sims.readers.importer import growth_factor
+    from halotrans.sims.readers.lagrangian import halo_mass_grid
+    from halotrans.sims.readers.pinocchio_run import run_pinocchio, write_run_files
+
+    cfg = SimConfig(box_size=float(n), n_grid=n, mesh_factor=2, n_steps=N_STEPS)
+    ranks = ranks or min(2, os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="bench_pinocchio_") as tmp:
+        run_dir = Path(tmp)
+        write_run_files(cfg, seed, run_dir, max_mem_mb=2000)
+        try:
+            pino_s = run_pinocchio(exe, run_dir, ranks=ranks, timeout=600)
+        except RuntimeError as e:
+            return [row(NAME, metric, None, "s", "PINOCCHIO v5", None, higher_is_better=False,
+                        note=f"not run: PINOCCHIO failed: {str(e).splitlines()[0]}")]
+        t0 = time.perf_counter()
+        snap = pinocchio.Snapshot.open(run_dir / "pinocchio.halotrans.t_snapshot.out")
+        cat = pinocchio.read_catalog(pinocchio.catalog_path(run_dir, "halotrans", snap.redshift))
+        halo_id, halos, stats = pinocchio.halo_labels(snap, cat, cfg.fof_min_members)
+        pino_mass = halo_mass_grid(halo_id, halos["mass"])
+        read_s = time.perf_counter() - t0
+        cosmology = pinocchio.params_cosmology(pinocchio.read_params(run_dir / "parameter_file"))
+        delta = pinocchio.linear_delta(pinocchio.Snapshot.open(run_dir / "pinocchio.halotrans.density0.out"), "density")
+    delta *= growth_factor(cosmology, cfg.z_init)  # density0 is δ at z = 0 (D = 1)
+
+    timings: dict[str, float] = {}
+    arrays, attrs = simulate_from_delta(delta, cfg, timings)
+    ours_s = sum(timings.values())
+    pino_total = pino_s["run"] + read_s
+
+    true = mass_to_class(arrays["halo_mass"], PINOCCHIO_EDGES)
+    pred = mass_to_class(pino_mass, PINOCCHIO_EDGES)
+    k = len(PINOCCHIO_EDGES) + 2
+    recall = class_recall(confusion_matrix(true, pred, k))
+    voxel_mass = attrs["particle_mass"]
+    dm = mass_relative_error(class_masses(pred, k, voxel_mass), class_masses(true, k, voxel_mass))
+    names = ["no halo", f"< {PINOCCHIO_EDGES[0]}"] + [f"{a}–{b}" for a, b in itertools.pairwise(PINOCCHIO_EDGES)] \
+        + [f"≥ {PINOCCHIO_EDGES[-1]}"]
+    split = ", ".join(f"{key} {v:.2f} s" for key, v in timings.items())
+    setup = f"{n}³, {n} Mpc/h, seed {seed}, same ICs (PINOCCHIO's δ)"
+    rows = [
+        row(NAME, f"{metric}: PM + FoF", ours_s, "s", f"PINOCCHIO v5, {ranks} MPI ranks (full run + reading GRUP)",
+            pino_total, higher_is_better=False,
+            note=f"{setup}; ours: 128³ mesh, {N_STEPS} steps, {split}, threads {torch.get_num_threads()}; "
+                 f"PINOCCHIO run {pino_s['run']:.2f} s + labels read {read_s:.2f} s (density file, run mode 2, "
+                 f"{pino_s['density']:.2f} s more); halos ≥ {cfg.fof_min_members} particles: "
+                 f"ours {attrs['n_halos']}, PINOCCHIO {stats['n_halos_kept']}"),
+        row(NAME, f"pinocchio: label accuracy vs N-body, 5 classes (edges {'/'.join(map(str, PINOCCHIO_EDGES))})",
+            accuracy(true, pred), "fraction", "all voxels 'no halo'", accuracy(true, np.zeros_like(true)),
+            note=f"{setup}; truth = our PM + FoF labels; halo voxels ours {np.mean(true > 0):.3f}, "
+                 f"PINOCCHIO {np.mean(pred > 0):.3f}; halo/no-halo agreement {np.mean((true > 0) == (pred > 0)):.3f}"),
+    ]
+    for c in range(k):
+        rows.append(row(NAME, f"pinocchio: recall of class {c} ({names[c]}) vs N-body", float(recall[c]), "fraction",
+                        note=f"{setup}; {int(np.sum(true == c))} true voxels; total mass ΔM/M of PINOCCHIO's "
+                             f"class {float(dm[c]):+.3f}"))
+    return rows
+
+
 def run(quick: bool) -> list[dict]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -129,6 +226,7 @@ def run(quick: bool) -> list[dict]:
                 rows.append(row(NAME, f"box seconds, {size} ({device})", total, "s",
                                 f"issue target ({device})", TARGET_S[device], higher_is_better=False,
                                 note=f"{how}; {split}"))
+    rows += pinocchio_rows(find_pinocchio())
     return rows
 
 

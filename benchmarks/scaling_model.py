@@ -51,8 +51,8 @@ def vipr_profile(crop: int, classes: int = CLASSES) -> Profile:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from halotrans.models.build import build_model
     from halotrans.models.config import ModelConfig
+    from halotrans.models.registry import build_model
 
     convs = []
     with torch.device("meta"):

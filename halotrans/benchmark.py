@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from halotrans.formatting import number
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "benchmarks"
 
@@ -78,21 +80,13 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
 def format_table(rows: Sequence[dict]) -> str:
     """Rows as a Markdown table: benchmark, metric, ours, peer, peer's value, ratio (x better)."""
     head = ["benchmark", "metric", "ours", "unit", "peer", "peer value", "ratio (x better)", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["benchmark"], r["metric"], _fmt(r["value"]), r["unit"], r["peer"] or "-",
-                 _fmt(r["peer_value"]), _fmt(r["ratio"]), r.get("note", "")]
+        cells = [r["benchmark"], r["metric"], number(r["value"]), r["unit"], r["peer"] or "-",
+                 number(r["peer_value"]), number(r["ratio"]), r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -8,6 +8,9 @@
 # that signal the handler here stops the stage with SIGTERM (the trainer checkpoints on it and also
 # checkpoints every `train.checkpoint_every` steps), then `scontrol requeue`s the job. The restarted
 # job (SLURM_RESTART_COUNT > 0, same log with --open-mode=append) resumes from the last checkpoint.
+# A training run that diverged (non-finite loss or gradient norm: exit status 3, diverged.json in its
+# run directory) is not requeued, and a job that starts on such a run with the same settings stops
+# at once with status 3 (halotrans.launch.rundir) instead of training into the same failure.
 #
 # Environment knobs: HALOTRANS_PYTHON (interpreter; default: active venv, then <repo>/.venv, then
 # python3), HALOTRANS_NPROC (ranks per node; default: GPUs on the node, else CPU cores).
@@ -20,6 +23,9 @@ elif [ -x "$HALOTRANS_REPO/.venv/bin/python" ]; then PY=$HALOTRANS_REPO/.venv/bi
 else PY=$(command -v python3 || command -v python); fi
 
 halotrans_log() { echo "[halotrans $(date '+%F %T')] $*"; }
+
+# A command that must succeed before a stopped stage is requeued (set by halotrans_train).
+declare -a _halotrans_requeue_check=()
 
 # True inside a SLURM job step launcher (an allocation and srun to use).
 halotrans_in_slurm() { [ -n "${SLURM_JOB_ID:-}" ] && command -v srun >/dev/null 2>&1; }
@@ -64,6 +70,12 @@ halotrans_run_requeueable() {
   done
   trap - USR1
   if [ "$_halotrans_requeue" = 1 ]; then
+    local check=0
+    if [ "${#_halotrans_requeue_check[@]}" -gt 0 ]; then "${_halotrans_requeue_check[@]}" >/dev/null || check=$?; fi
+    if [ "$check" != 0 ]; then
+      halotrans_log "stage stopped ($rc); not requeueing job $SLURM_JOB_ID: the run cannot continue as it is (status $check)"
+      return "$check"
+    fi
     halotrans_log "stage stopped ($rc); requeueing job $SLURM_JOB_ID (restart $(( ${SLURM_RESTART_COUNT:-0} + 1 )))"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
@@ -116,7 +128,9 @@ halotrans_train() {
   local config=$1; shift
   if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then config=$1; shift; fi
   local resume
+  # exits 2 on a bad config and 3 on a run that diverged with these settings: the job stops here
   resume=$("$PY" -m halotrans.launch.rundir --config "$config" "$@")
+  _halotrans_requeue_check=("$PY" -m halotrans.launch.rundir --config "$config" "$@")
   halotrans_log "job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0} on $(hostname -s):" \
     "config $config $* ${resume:+(resuming from checkpoint)}"
   halotrans_torchrun -m halotrans train --config "$config" "$@" ${resume:+"$resume"}

@@ -1,50 +1,18 @@
-"""Shared test fixtures: run real subprocesses (CLI, mpiexec, torchrun) from the test venv."""
+"""Shared test fixtures (helpers to import are in ``tests/helpers.py``): MPI launcher, real simulated
+boxes and a real tiny light-cone data set, each made once per session."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """Environment for child processes: this venv's bin first, CPU DeepSpeed, repo importable."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env.setdefault("DS_ACCELERATOR", "cpu")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    env.update(extra)
-    return env
-
-
-def run(cmd: list[str], *, timeout: float = 600, check: bool = True, cwd: str | Path | None = None,
-        **env: str) -> subprocess.CompletedProcess:
-    """Run ``cmd`` and return the completed process (stdout/stderr as text); on failure show both."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
-                          env=subprocess_env(**env))
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
-def halotrans_cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    """``python -m halotrans <args>`` in a child process."""
-    return run([sys.executable, "-m", "halotrans", *map(str, args)], **kw)
+from tests.helpers import BIN, TINY_LIGHTCONES, halotrans_cli, write_synthetic_boxes  # noqa: E402  (after the environment)
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +37,25 @@ def sim_boxes(tmp_path_factory) -> Path:
     assert main(["simulate", "--config", "sims/tiny", "--seeds", "0-3", "--set", f"sim.out_dir={out}"]) == 0
     assert main(["shear", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory) -> Path:
+    """A real tiny data set: 2 accepted light cones (seeds 0 and 4) and 3 rejected by tau.
+
+    The directory is shared by the whole session; a second request only re-consolidates.
+    """
+    work = tmp_path_factory.getbasetemp() / "lightcones_tiny"
+    work.mkdir(exist_ok=True)
+    halotrans_cli("lightcones", "-c", TINY_LIGHTCONES, "--out", "out/tiny.h5", "--n", "2", "--no-progress",
+                  cwd=work, timeout=600)
+    return work / "out" / "tiny.h5"
+
+
+@pytest.fixture(scope="session")
+def tiny_boxes(request, tmp_path_factory) -> Path:
+    """Four 32³ boxes with /tidal/T: the shared simulated ones if conftest has them, else synthetic."""
+    try:
+        return Path(request.getfixturevalue("sim_boxes"))
+    except pytest.FixtureLookupError:
+        return write_synthetic_boxes(tmp_path_factory.mktemp("boxes"), range(4), n=32)

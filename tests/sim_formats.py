@@ -22,6 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+
 # ------------------------------------------------------------------------------------- fields
 def gaussian_delta(n: int, seed: int, sigma: float = 1.0) -> np.ndarray:
     """A random (n,n,n) field with no power at or beyond the Nyquist frequency, unit-ish variance."""

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from halotrans.benchmark import BENCH_DIR, available, format_table, row
-from tests.conftest import run
+from tests.helpers import run
 
 
 def test_row_ratio_is_times_better_in_both_directions():

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from halotrans.config import ConfigError, config_to_dict, load_config, parse_override, save_config
-from tests.conftest import halotrans_cli
+from tests.helpers import halotrans_cli
 
 
 def write(tmp_path, name, d):

@@ -11,35 +11,12 @@ import pytest
 import torch
 
 from halotrans.config import ConfigError, load_config
-from halotrans.data.boxes import (IGNORE_INDEX, BoxDataset, load_inputs, mass_to_class, periodic_crop)
+from halotrans.data.boxes import IGNORE_INDEX, BoxDataset, load_inputs, mass_to_class, periodic_crop
 from halotrans.data.stats import class_weights, training_stats
 from halotrans.data.symmetries import CUBE_SYMMETRIES, N_SYMMETRIES, apply_symmetry, inverse_symmetry
 from halotrans.io import DataError
 from halotrans.sims.boxio import box_path, write_box
-
-
-def synthetic_box(n: int, seed: int, with_shear: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A smooth random δ whose high peaks are 'halos' (log10 M from the peak height) and a T field.
-
-    Not physics, but labels are a local function of the inputs, so a network can learn them.
-    """
-    rng = np.random.default_rng(seed)
-    k = np.fft.fftfreq(n) * n
-    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
-    delta = np.fft.ifftn(np.fft.fftn(rng.standard_normal((n, n, n))) * np.exp(-k2 / 2 / 4.0**2)).real
-    delta /= delta.std()
-    smooth = np.fft.ifftn(np.fft.fftn(delta) * np.exp(-k2 / 2 / 2.0**2)).real
-    smooth /= smooth.std()
-    halo_mass = np.where(smooth > 0.8, 11.5 + smooth, 0.0).astype(np.float32)
-    extra = {"tidal/T": np.abs(np.gradient(smooth, axis=0)) + 0.5 * np.abs(np.gradient(smooth, axis=1))} if with_shear else {}
-    return delta.astype(np.float32), halo_mass, extra
-
-
-def write_synthetic_boxes(root, seeds, n: int = 32, with_shear: bool = True):
-    for s in seeds:
-        delta, halo_mass, extra = synthetic_box(n, s, with_shear)
-        write_box(box_path(root, s), delta, halo_mass, {"box_size": float(n), "seed": s, "z_init": 99.0}, extra)
-    return root
+from tests.helpers import synthetic_box, write_synthetic_boxes
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import halotrans_cli
+from tests.helpers import halotrans_cli
 
 
 @pytest.mark.slow

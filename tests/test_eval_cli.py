@@ -12,7 +12,7 @@ import torch
 from halotrans.cli import main
 from halotrans.eval import metrics
 from halotrans.sims.boxio import box_path, write_box
-from tests.conftest import halotrans_cli
+from tests.helpers import halotrans_cli
 
 N = 32
 MP = 3e10  # M☉/h per voxel

@@ -99,7 +99,7 @@ def test_vipr_gradcam_on_last_vit_block():
 @pytest.mark.parametrize("name, layer", [("copra", "down.3"), ("monai_unetr", "vit.blocks.11")])
 def test_default_layers_of_the_project_networks(name, layer):
     from halotrans.config import load_config
-    from halotrans.models.build import build_model
+    from halotrans.models.registry import build_model
 
     cfg = load_config(None, [f"model.name={name}", "model.hidden_size=16", "model.num_heads=2",
                              "model.mlp_dim=32", "model.feature_size=4"])

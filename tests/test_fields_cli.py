@@ -16,7 +16,7 @@ import torch
 
 from halotrans.fields.tidal import tidal_shear, tidal_tensor
 from halotrans.sims.boxio import write_box
-from tests.conftest import REPO, halotrans_cli, run, subprocess_env
+from tests.helpers import REPO, halotrans_cli, run, subprocess_env
 
 L = 32.0  # Mpc/h
 

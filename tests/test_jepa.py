@@ -1,4 +1,5 @@
-"""JEPA pieces: multi-block tube masks, the in-place EMA of the target encoder, gradients, loss."""
+"""JEPA pieces: multi-block tube masks (I-JEPA's and SKATR's), the in-place EMA of the target encoder,
+gradients, loss, one predictor pass per target block."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import pytest
 import torch
 
 from halotrans.config import ConfigError, load_config
-from halotrans.data.masks import block_indices, block_membership, sample_block_size, sample_tube_masks
-from halotrans.models.jepa import JEPA, ema_momentum, ema_update, embedding_spread, jepa_loss
 from halotrans.models.vit import ViT3D
+from halotrans.skatr.jepa import JEPA, ema_momentum, ema_update, embedding_spread, jepa_loss
+from halotrans.skatr.masks import (
+    block_indices,
+    block_membership,
+    sample_block_size,
+    sample_skatr_masks,
+    sample_tube_masks,
+)
 from halotrans.train.optim import param_groups
 
 
@@ -93,6 +100,56 @@ def test_block_helpers_and_impossible_masks():
 
 # --- EMA -----------------------------------------------------------------------------------------
 
+def test_skatr_masks_alternate_long_and_short_tubes_each_with_its_complement_as_context():
+    grid = (7, 7, 13)
+    n_tokens = math.prod(grid)
+    blocks = sample_skatr_masks(32, grid, n_targets=4, long_scale=(0.6, 0.8), short_scale=(0.1, 0.2), rng=0)
+    assert [b.kind for b in blocks] == ["long", "short", "long", "short"]
+    for b in blocks:
+        h, w, d = b.size
+        assert d == grid[2]  # full depth: every target is a patch of sky at all redshifts
+        sky = h * w / (grid[0] * grid[1])
+        assert (0.5 <= sky <= 0.9) if b.kind == "long" else (0.05 <= sky <= 0.25), (b.kind, b.size)
+        assert b.target.shape == (32, h * w * d) and b.context.shape == (32, n_tokens - h * w * d)
+        for i in range(32):
+            ctx, tgt = b.context[i], b.target[i]
+            assert torch.equal(torch.cat([ctx, tgt]).sort().values, torch.arange(n_tokens))  # complement
+            assert torch.equal(ctx, ctx.sort().values) and torch.equal(tgt, tgt.sort().values)
+            cols = {(int(t) // grid[2]) for t in tgt}  # (i, j) sky columns of the target: whole tubes
+            assert len(cols) == h * w and len(tgt) == len(cols) * grid[2]
+    # positions drawn per light cone, sizes per batch; the same seed gives the same masks
+    assert len({tuple(t.tolist()) for t in blocks[0].target}) > 1
+    again = sample_skatr_masks(32, grid, n_targets=4, rng=0)
+    assert all(torch.equal(a.context, b.context) and torch.equal(a.target, b.target) for a, b in zip(blocks, again))
+    # sky fractions over many batches follow the requested ranges (rounding to whole patches aside)
+    long = [b.size[0] * b.size[1] / 49 for seed in range(60) for b in sample_skatr_masks(1, grid, 2, rng=seed)[:1]]
+    assert 0.6 <= np.mean(long) <= 0.8
+
+
+def test_skatr_masks_on_a_tiny_grid_leave_a_context():
+    for seed in range(20):
+        for b in sample_skatr_masks(4, (2, 2, 4), n_targets=2, long_scale=(0.99, 1.0), rng=seed):
+            assert b.context.shape[1] >= 4  # never the whole sky: at least one column of context
+
+
+def test_one_predictor_pass_per_target_block_and_the_target_encoder_once():
+    jepa = tiny_jepa()
+    x = torch.randn(3, 1, 8, 8, 20)
+    blocks = sample_skatr_masks(3, jepa.encoder.grid_size, n_targets=2, rng=1)
+    calls = {"target": 0, "context": 0, "predictor": 0}
+    jepa.target_encoder.register_forward_hook(lambda *_: calls.__setitem__("target", calls["target"] + 1))
+    jepa.encoder.register_forward_hook(lambda *_: calls.__setitem__("context", calls["context"] + 1))
+    jepa.predictor.register_forward_hook(lambda *_: calls.__setitem__("predictor", calls["predictor"] + 1))
+    pred, target, context = jepa(x, [b.context for b in blocks], [b.target for b in blocks])
+    assert calls == {"target": 1, "context": 2, "predictor": 2}
+    for p, t, c, b in zip(pred, target, context, blocks):
+        assert p.shape == t.shape == (3, b.target.shape[1], 24) and c.shape == (3, b.context.shape[1], 24)
+    # the single-pair form is the old interface, and agrees with the list form
+    p1, t1, c1 = jepa(x, blocks[0].context, blocks[0].target)
+    torch.testing.assert_close(p1, pred[0])
+    torch.testing.assert_close(t1, target[0])
+
+
 def test_ema_update_is_in_place_and_exact():
     torch.manual_seed(0)
     target, online = [torch.randn(5, 3), torch.randn(7)], [torch.randn(5, 3), torch.randn(7)]
@@ -168,6 +225,19 @@ def test_loss_uses_layer_normed_targets_and_collapse_monitor():
     assert embedding_spread(torch.randn(4, 50, 8)).item() == pytest.approx(1.0, rel=0.15)
     with pytest.raises(ValueError):
         jepa_loss(normed, target, "l2")
+
+
+def test_jepa_config_checks_of_the_skatr_scheme():
+    cfg = load_config("skatr/pretrain_skatr_cpu.yaml")
+    assert cfg.jepa.mask_scheme == "skatr" and cfg.jepa.long_scale == (0.6, 0.8) and cfg.jepa.short_scale == (0.1, 0.2)
+    assert cfg.model.patch_size == [2, 2, 40] or tuple(cfg.model.patch_size) == (2, 2, 40)
+    # 14 x 14 x 537 cropped to 520: 7 x 7 across the sky, at most ~1.5k tokens
+    grid = (14 // 2, 14 // 2, (537 // cfg.lightcone.los_multiple) * cfg.lightcone.los_multiple // 40)
+    assert grid[:2] == (7, 7) and math.prod(grid) <= 1500
+    with pytest.raises(ConfigError, match="long_scale"):
+        load_config("skatr/pretrain.yaml", ["jepa.long_scale=[0.8,0.6]"])
+    with pytest.raises(ConfigError, match="mask_scheme"):
+        load_config("skatr/pretrain.yaml", ["jepa.mask_scheme=random"])
 
 
 def test_jepa_config_checks():

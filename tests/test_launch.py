@@ -15,7 +15,7 @@ from halotrans.launch.collect import collect, write_table
 from halotrans.launch.grid import load_sweep, run_name, sweep_from_dict
 from halotrans.launch.rundir import final_metrics, mark_failed, run_status
 from halotrans.launch.sweep import submit_sweep
-from tests.conftest import REPO, halotrans_cli, run
+from tests.helpers import REPO, halotrans_cli, run
 
 SWEEP = {
     "name": "inputs",

@@ -16,26 +16,16 @@ import psutil
 import pytest
 import submitit
 
+from halotrans.config import load_config, save_config
 from halotrans.launch import TrainJob, collect, load_sweep, submit_sweep, wait
 from halotrans.launch.rundir import run_status
 from halotrans.launch.sweep import make_executor
-from halotrans.config import save_config, load_config
-from tests.conftest import BIN, REPO, halotrans_cli, subprocess_env
-from tests.test_data import write_synthetic_boxes
+from tests.helpers import BIN, REPO, halotrans_cli, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
 TINY = "segment/tiny_vipr.yaml"
 SLURM_TOOLS = {"sbatch", "srun", "salloc", "scontrol", "squeue", "scancel", "sinfo", "sacct"}
-
-
-@pytest.fixture(scope="session")
-def tiny_boxes(request, tmp_path_factory) -> Path:
-    """Four 32³ boxes with /tidal/T: the shared simulated ones if conftest has them, else synthetic."""
-    try:
-        return Path(request.getfixturevalue("sim_boxes"))
-    except pytest.FixtureLookupError:
-        return write_synthetic_boxes(tmp_path_factory.mktemp("boxes"), range(4), n=32)
 
 
 def tiny_sets(boxes: Path, run_dir: Path, *extra: str) -> list[str]:

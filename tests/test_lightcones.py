@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from halotrans.config import load_config
-from halotrans.sims.lightcone_params import PARAM_NAMES, prior_bounds, sample_params
-from tests.conftest import REPO, halotrans_cli, subprocess_env
+from halotrans.skatr.priors import PARAM_NAMES, prior_bounds, sample_params
+from tests.helpers import REPO, TINY_LIGHTCONES, halotrans_cli, subprocess_env
 
-TINY = "skatr/lightcones_tiny.yaml"
+TINY = TINY_LIGHTCONES
 
 
 def tiny_config(*overrides: str):
@@ -27,19 +27,6 @@ def tiny_config(*overrides: str):
 
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
-
-
-@pytest.fixture(scope="session")
-def tiny_set(tmp_path_factory) -> Path:
-    """A real tiny data set: 2 accepted light cones (seeds 0 and 4) and 3 rejected by tau.
-
-    The directory is shared by the whole session; a second request only re-consolidates.
-    """
-    work = tmp_path_factory.getbasetemp() / "lightcones_tiny"
-    work.mkdir(exist_ok=True)
-    halotrans_cli("lightcones", "-c", TINY, "--out", "out/tiny.h5", "--n", "2", "--no-progress",
-                  cwd=work, timeout=600)
-    return work / "out" / "tiny.h5"
 
 
 @pytest.mark.slow
@@ -95,7 +82,7 @@ def test_forced_neutral_fraction_rejection(tmp_path):
 
 @pytest.mark.slow
 def test_higher_virial_temperature_delays_reionisation():
-    from halotrans.sims.lightcone_run import simulate_light_cone
+    from halotrans.skatr.simulate import simulate_light_cone
 
     cfg = tiny_config()
     theta = np.array([np.nan, 0.31, 500.0, 40.0, 4.0, 30.0])
@@ -108,7 +95,7 @@ def test_higher_virial_temperature_delays_reionisation():
 
 @pytest.mark.slow
 def test_warm_dark_matter_cutoff_delays_reionisation():
-    from halotrans.sims.lightcone_run import simulate_light_cone
+    from halotrans.skatr.simulate import simulate_light_cone
 
     cfg = tiny_config("lightcone.wdm=true")
     warm = simulate_light_cone(cfg, 7, np.array([0.3, 0.31, 500.0, 40.0, 4.3, 30.0]))
@@ -119,7 +106,7 @@ def test_warm_dark_matter_cutoff_delays_reionisation():
 
 @pytest.mark.slow
 def test_high_res_mode_is_the_block_average():
-    from halotrans.sims.lightcone_run import block_average, simulate_light_cone
+    from halotrans.skatr.simulate import block_average, simulate_light_cone
 
     cfg = tiny_config("lightcone.n_los=44")
     theta = np.array([np.nan, 0.3, 500.0, 40.0, 4.6, 30.0])
@@ -195,3 +182,44 @@ def test_priors_and_draws():
     np.testing.assert_array_equal(sample_params(cfg, 5), sample_params(cfg, 5))
     np.testing.assert_array_equal(prior_bounds(load_config(None).lightcone),
                                   [[0.3, 10], [0.2, 0.4], [100, 1500], [38, 42], [4, 5.3], [10, 250]])
+
+
+# --- a cheaper redshift sampling, measured on matched seeds (halotrans.skatr.sampling) -------------
+
+def _fake_part(out: Path, seed: int, factor: float, tb: np.ndarray, tau: float) -> None:
+    from halotrans.skatr.sampling import part_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(part_file(out, seed, factor), brightness_temp=tb.astype(np.float32), params=np.zeros(6), tau=tau,
+             x_hi_zmin=0.01, accepted=True, seconds=1.0 / factor, redshifts=np.linspace(5, 35, tb.shape[2]),
+             n_nodes=int(10 / (factor - 1)), cell_mpc=7.0)
+
+
+def test_sampling_comparison_statistics_on_known_changes(tmp_path):
+    from halotrans.skatr.sampling import chunk_power, compare, markdown
+
+    rng = np.random.default_rng(0)
+    for seed in range(4):
+        tb = rng.standard_normal((8, 8, 40)) * (1 + seed) + 10.0 * seed
+        _fake_part(tmp_path, seed, 1.05, tb, 0.05 + 0.01 * seed)
+        _fake_part(tmp_path, seed, 1.10, 1.1 * tb, 0.05 + 0.01 * seed + 0.002)  # 10 % brighter fluctuations
+    power, k = chunk_power(np.ones((8, 8, 40)), 7.0, 4, 3)
+    assert power.shape == (4, 3) and k.shape == (3,) and np.allclose(np.nan_to_num(power), 0)  # no fluctuations
+    res = compare(tmp_path, 1.05, n_chunks=4, n_k=3)
+    e = res["factors"]["1.1"]
+    assert e["n_matched"] == 4 and e["verdict_flips"] == 0 and e["tau_abs_diff_max"] == pytest.approx(0.002, abs=1e-9)
+    assert e["field_corr_median"] == pytest.approx(1.0) and e["field_rel_rms_diff_median"] == pytest.approx(0.1, rel=1e-3)
+    np.testing.assert_allclose(e["ps_log_ratio_mean"], 2 * np.log(1.1), rtol=1e-4)  # Δ² scales as amplitude²
+    assert e["ps_max_abs_shift"] == pytest.approx(2 * np.log(1.1), rel=1e-4)
+    assert res["factors"]["1.05"]["n_light_cones"] == 4 and "| 1.1 | 99 |" in markdown(res)
+
+
+@pytest.mark.slow
+def test_compare_sampling_runs_matched_seeds_and_resumes(tmp_path):
+    args = ("skatr", "compare-sampling", "-c", TINY, "--factors", "1.3", "1.5", "--reference", "1.3",
+            "--seeds", "0", "--out", str(tmp_path / "s"))
+    first = halotrans_cli(*args, timeout=600)
+    assert "computed 2 light cones" in first.stdout and "| 1.5 " in first.stdout and "| 1.3 (reference) |" in first.stdout
+    assert len(list((tmp_path / "s").glob("seed_*.npz"))) == 2 and (tmp_path / "s" / "sampling.json").is_file()
+    again = halotrans_cli(*args, timeout=600)
+    assert "computed 0 light cones" in again.stdout

@@ -8,16 +8,21 @@ import pytest
 import torch
 
 from halotrans.config import load_config
-from halotrans.data.lightcones import (
-    LightConeDataset, denormalize_params, normalize_params, split_indices, thermal_noise,
-    thermal_noise_sigma, uv_coverage,
-)
 from halotrans.io import DataError
-from tests.test_lightcones import TINY, tiny_set  # noqa: F401 - the shared real tiny data set
+from halotrans.skatr.dataset import (
+    LightConeDataset,
+    denormalize_params,
+    normalize_params,
+    split_indices,
+    thermal_noise,
+    thermal_noise_sigma,
+    uv_coverage,
+)
+from tests.helpers import TINY_LIGHTCONES as TINY
 
 
 @pytest.mark.slow
-def test_items_and_parameters_invert(tiny_set):  # noqa: F811
+def test_items_and_parameters_invert(tiny_set):
     ds = LightConeDataset(tiny_set, split="all")
     assert len(ds) == 2 and ds.param_names == ["omega_m", "e0", "log10_lx", "log10_tvir", "zeta"]
     x, theta = ds[1]
@@ -48,7 +53,7 @@ def test_splits_are_disjoint_fixed_and_complete():
 
 
 @pytest.mark.slow
-def test_line_of_sight_crop_and_pad(tiny_set):  # noqa: F811
+def test_line_of_sight_crop_and_pad(tiny_set):
     crop = LightConeDataset(tiny_set, split="all", los_multiple=10)
     pad = LightConeDataset(tiny_set, split="all", los_multiple=10, los_fit="pad")
     full = LightConeDataset(tiny_set, split="all")
@@ -60,7 +65,7 @@ def test_line_of_sight_crop_and_pad(tiny_set):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_noise_has_the_requested_sigma_per_redshift(tiny_set):  # noqa: F811
+def test_noise_has_the_requested_sigma_per_redshift(tiny_set):
     clean = LightConeDataset(tiny_set, split="all")
     noisy = LightConeDataset(tiny_set, split="all", noise_mk=5.0, noise_z_ref=8.0, noise_seed=11)
     sigma = thermal_noise_sigma(clean.redshifts, 5.0, 8.0, 100.0)
@@ -95,7 +100,7 @@ def test_noise_model_statistics_on_a_larger_grid():
 
 
 @pytest.mark.slow
-def test_from_config_and_dataloader(tiny_set):  # noqa: F811
+def test_from_config_and_dataloader(tiny_set):
     cfg = load_config(TINY, [f"lightcone.out={tiny_set}", "lightcone.split=[0.5,0.5,0.0]",
                              "lightcone.noise_mk=2.0"]).lightcone
     train = LightConeDataset.from_config(cfg, "train")

@@ -13,7 +13,7 @@ from halotrans.data.boxes import load_inputs
 from halotrans.eval.inference import predict_periodic
 from halotrans.sims.boxio import box_path
 from halotrans.train.checkpoint import load_for_inference
-from tests.conftest import halotrans_cli, run
+from tests.helpers import halotrans_cli, run
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -48,7 +48,7 @@ def test_distributed_inference_equals_one_process(tiny_run, sim_boxes, tmp_path,
 
 
 def test_bad_input_writes_nothing(tiny_run, sim_boxes, tmp_path):
-    from tests.test_data import write_synthetic_boxes
+    from tests.helpers import write_synthetic_boxes
 
     out = tmp_path / "pred.h5"
     no_shear = write_synthetic_boxes(tmp_path / "no_shear", [0], n=16, with_shear=False)

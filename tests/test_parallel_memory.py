@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from halotrans.models.build import build_model
 from halotrans.models.config import ModelConfig
+from halotrans.models.registry import build_model
 from halotrans.parallel.memory import (
-    Levers, activation_bytes_per_voxel, candidate_levers, fixed_bytes, main, parameter_count, plan_levers,
-    saved_bytes, training_bytes,
+    Levers,
+    activation_bytes_per_voxel,
+    candidate_levers,
+    fixed_bytes,
+    main,
+    parameter_count,
+    plan_levers,
+    saved_bytes,
+    training_bytes,
 )
 
 TINY = ModelConfig(name="vipr", patch_size=8, hidden_size=32, depth=3, num_heads=4, mlp_dim=64, skip_layers=(1, 2, 3))

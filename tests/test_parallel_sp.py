@@ -135,6 +135,31 @@ def case_copra(sp) -> dict:
     return _slab_case(sp, ref, torch.randn(1, 2, 32, 32, 32, dtype=torch.float64))
 
 
+def case_circular(sp) -> dict:
+    """vipr and copra with padding=circular (and both decoders) on slabs of a periodic box = one process.
+    ``periodic=True`` as for whole boxes; copra also with ``periodic=False``: a convolution that pads
+    periodically wraps its halos itself."""
+    from halotrans.models.copra import CoPRA
+    from halotrans.models.vipr import ViPR
+
+    out = {}
+    for decoder in ("light", "paper"):
+        torch.manual_seed(0)
+        vipr = ViPR(2, 3, 16, patch_size=4, hidden_size=16, depth=2, num_heads=2, mlp_dim=32, skip_layers=(1, 2),
+                    decoder=decoder, padding="circular").double()
+        for key, value in _slab_case(sp, vipr, torch.randn(2, 2, 16, 16, 16, dtype=torch.float64), True).items():
+            out[f"vipr_{decoder}_{key}"] = value
+        torch.manual_seed(0)
+        # float64 as in case_copra; kernel 5 at the coarsest level: slabs of 2 rows need halos of 2
+        copra = CoPRA(2, 3, feature_size=2, kernel_size=5, decoder=decoder, padding="circular").double()
+        x = torch.randn(1, 2, 64, 16, 16, dtype=torch.float64)
+        for periodic in (True, False):
+            for key, value in _slab_case(sp, copra, x, periodic).items():
+                out[f"copra_{decoder}_periodic={periodic}_{key}"] = value
+            copra.zero_grad()
+    return out
+
+
 def case_halo_periodic(sp) -> dict:
     """Periodic halos: a conv stack on slabs of a periodic box = the stack on the circularly padded box."""
     import torch.nn.functional as F
@@ -171,10 +196,10 @@ def case_halo_periodic(sp) -> dict:
 def case_jepa(sp) -> dict:
     """One JEPA step (context + target encoders sequence-parallel, predictor replicated): loss, gradients,
     AdamW step and EMA target update."""
-    from halotrans.data.masks import sample_tube_masks
-    from halotrans.models.jepa import JEPA, jepa_loss
     from halotrans.models.vit import ViT3D
     from halotrans.parallel.shard import parallelize
+    from halotrans.skatr.jepa import JEPA, jepa_loss
+    from halotrans.skatr.masks import sample_tube_masks
 
     torch.manual_seed(0)
     ref = JEPA(ViT3D(1, (8, 8, 20), (4, 4, 5), 24, depth=2, num_heads=2, mlp_dim=48, pos_embed="fourier"),
@@ -208,8 +233,8 @@ def case_jepa(sp) -> dict:
 def case_errors(sp) -> dict:
     """Clear errors: heads not divisible by sp, patch rows not divisible by sp, slabs thinner than halos."""
     from halotrans.config import ConfigError
-    from halotrans.models.build import build_model
     from halotrans.models.config import ModelConfig
+    from halotrans.models.registry import build_model
     from halotrans.models.vit import ViT3D
     from halotrans.parallel.shard import check_slab_config, parallelize
 
@@ -234,8 +259,8 @@ def case_errors(sp) -> dict:
 def _worker(case: str, out_dir: str) -> None:
     import torch.distributed as dist
 
+    from halotrans.parallel.distributed import init_distributed, shutdown
     from halotrans.parallel.groups import init_sequence_parallel
-    from halotrans.train.distributed import init_distributed, shutdown
 
     torch.set_num_threads(1)
     init_distributed()
@@ -253,14 +278,14 @@ def _worker(case: str, out_dir: str) -> None:
 
 
 def _run_case(case: str, tmp_path: Path) -> dict:
-    from tests.conftest import run
+    from tests.helpers import run
 
     run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, case,
          str(tmp_path)], timeout=300)
     return json.loads((tmp_path / f"{case}.json").read_text())
 
 
-@pytest.mark.parametrize("case", ["vit", "vipr", "copra", "jepa", "halo_periodic"])
+@pytest.mark.parametrize("case", ["vit", "vipr", "copra", "jepa", "halo_periodic", "circular"])
 def test_sharded_equals_one_process(case, tmp_path):
     diffs = _run_case(case, tmp_path)
     assert diffs, case

@@ -56,7 +56,7 @@ def _replica_worker(out_json: str, config: str, *sets: str) -> None:
 
     from halotrans.config import load_config
     from halotrans.train.loop import train
-    from halotrans.train.tasks import make_task
+    from halotrans.train.registry import make_task
 
     cfg = load_config(config, list(sets))
     task = ReplicaCheck(make_task(cfg))
@@ -99,7 +99,7 @@ def boxes(sim_boxes) -> Path:
 
 
 def test_dp2_sp2_follows_dp2_with_identical_replicas(boxes, tmp_path):
-    from tests.conftest import run
+    from tests.helpers import run
 
     common = (f"data.root={boxes}", "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4")
     sp_run, dp_run = tmp_path / "sp", tmp_path / "dp"
@@ -126,7 +126,7 @@ def test_dp2_sp2_follows_dp2_with_identical_replicas(boxes, tmp_path):
 
 
 def test_copra_sp2_under_zero3_has_the_dp_gradients(boxes, tmp_path):
-    from tests.conftest import halotrans_cli, run
+    from tests.helpers import halotrans_cli, run
 
     common = (f"data.root={boxes}", "train.steps=3", "train.eval_every=3", "train.checkpoint_every=3",
               "train.zero_stage=3", "model.kernel_size=3")
@@ -150,8 +150,7 @@ def test_copra_sp2_under_zero3_has_the_dp_gradients(boxes, tmp_path):
 
 
 def test_jepa_with_sp2_follows_one_process(tmp_path):
-    from tests.conftest import run
-    from tests.test_skatr import CPU, TINY_VIT, write_synthetic_lightcones
+    from tests.helpers import CPU, TINY_VIT, run, write_synthetic_lightcones
 
     data = write_synthetic_lightcones(tmp_path / "lc.h5", n=24)
     common = (f"lightcone.out={data}", *TINY_VIT, *CPU, "skatr.batch_size=4", "train.steps=3", "train.eval_every=3",

@@ -9,7 +9,7 @@ import pytest
 from halotrans.io import DataError
 from halotrans.sims.readers import gadget_hdf5 as gh
 from halotrans.sims.readers.importer import growth_factor, import_gadget
-from tests.conftest import halotrans_cli
+from tests.helpers import halotrans_cli
 from tests.sim_formats import gaussian_delta, write_fof_tab, write_hdf5_snapshot, zeldovich_displacement
 
 N, BOX, MP, Z_IC, D_IC = 16, 32.0, 6.66e11, 49.0, 0.02

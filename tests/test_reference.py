@@ -1,27 +1,19 @@
-"""Pieces of the segmentation reference (benchmarks/bench_reference.py): configs, budget, goals, RESULTS block.
+"""Pieces of the segmentation reference (benchmarks/bench_reference.py): configs and goals.
 
 The reference run itself takes ~75 minutes (``python -m halotrans.benchmark reference``); these
-tests check its parts on small inputs, and the resume of a killed training stage on real boxes.
+tests check its parts on small inputs. What it shares with the other reference benchmarks (the
+budget ledger, the training stage and its resume, the RESULTS.md blocks) is tested in test_harness.py.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from halotrans.benchmark import load
-from halotrans.config import ConfigError, load_config, save_config
-from halotrans.io import DataError
-from halotrans.models.build import build_model
-from tests.conftest import REPO, subprocess_env
+from halotrans.config import ConfigError, load_config
+from halotrans.models.registry import build_model
+from tests.helpers import REPO
 
 ref = load("reference")
 
@@ -34,7 +26,7 @@ def test_the_four_configs_share_one_recipe():
     first = cfgs["vipr"]
     # issue 9's data: configs/sims/box64.yaml, 20 boxes split 16/2/2, delta and T, 5 classes
     assert ref.recipe(first)["sim"] == {**ref.recipe(load_config("sims/box64"))["sim"], "out_dir": "data/reference/boxes"}
-    assert ref.all_seeds(first) == list(range(20))
+    assert ref.harness.all_seeds(first) == list(range(20))
     d = first.data
     assert (d.train_seeds, d.val_seeds, d.test_seeds) == ("0-15", "16-17", "18-19")
     assert list(d.inputs) == ["delta", "T"] and d.n_classes == 5
@@ -62,25 +54,6 @@ def test_a_config_that_differs_outside_model_is_refused(tmp_path, monkeypatch):
         ref.network_configs()
 
 
-def test_budget_ledger_counts_each_process_up_to_its_last_checkpoint():
-    ledger = {"segments": [{"start": 100.0, "end": None}]}
-    ref.close_segments(ledger, last_checkpoint=160.0)  # killed after a checkpoint at t = 160
-    assert ledger["segments"][0]["end"] == 160.0 and ref.used_seconds(ledger) == 60.0
-    ledger["segments"].append({"start": 200.0, "end": None})
-    ref.close_segments(ledger, last_checkpoint=160.0)  # killed before its first checkpoint: 0 s
-    assert ref.used_seconds(ledger) == 60.0
-    ledger["segments"].append({"start": 300.0, "end": None})
-    ref.close_segments(ledger, last_checkpoint=390.5)
-    assert ref.used_seconds(ledger) == 150.5
-    assert [s["end"] for s in ledger["segments"]] == [160.0, 200.0, 390.5]  # closed segments stay closed
-    assert ref.close_segments({"segments": [{"start": 5.0, "end": None}]}, None)["segments"][0]["end"] == 5.0
-
-
-def test_planned_steps_fill_the_budget():
-    assert ref.planned_steps(900.0, 0.5, 50) == int((900 - ref.SETUP_S) / 0.5)
-    assert ref.planned_steps(20.0, 0.5, 5) == 6  # never fewer than warmup + 1
-
-
 def _models(vipr_auc, unetr_auc, vipr_err, unetr_err, base_auc=0.8):
     def m(aucs, errs):
         return {"per_class": [{"auc": a, "mass_rel_error": e} for a, e in zip(aucs, [0.0, *errs])]}
@@ -99,55 +72,3 @@ def test_goal_checks_report_margins():
     assert not checks["vipr |ΔM/M| < MONAI UNETR |ΔM/M|, every halo class"]["met"]
     assert "0.0200 short" in checks["vipr AUC >= 0.95 every class"]["detail"]
     assert "5.00 pp over" in checks["vipr |ΔM/M| <= 10% every halo class"]["detail"]
-
-
-def test_results_block_is_rewritten_in_place(tmp_path):
-    md = tmp_path / "RESULTS.md"
-    md.write_text("# R\n\n<!-- reference:segmentation:begin -->\nold\n<!-- reference:segmentation:end -->\n"
-                  "<!-- reference:skatr:begin -->\nkeep\n<!-- reference:skatr:end -->\ntail\n")
-    ref.update_results_block(md, "segmentation", "new table\n| a |")
-    text = md.read_text()
-    assert "old" not in text and "new table\n| a |\n<!-- reference:segmentation:end -->" in text
-    assert "keep" in text and text.endswith("tail\n")
-    ref.update_results_block(md, "segmentation", "again")
-    assert text.replace("new table\n| a |", "again") == md.read_text()
-    with pytest.raises(DataError, match="no '<!-- reference:other:begin -->'"):
-        ref.update_results_block(md, "other", "x")
-
-
-@pytest.mark.slow
-@pytest.mark.dist
-def test_killed_training_resumes_with_the_budget_it_has_left(sim_boxes, tmp_path):
-    """Kill the training stage after its first checkpoint; the rerun resumes and the budget adds up."""
-    cfg = load_config("segment/tiny_vipr.yaml", [f"data.root={sim_boxes}", f"train.out_dir={tmp_path / 'run'}",
-                                                  "train.time_budget_s=45", "train.warmup_steps=2"])
-    config_file = tmp_path / "vipr.yaml"
-    save_config(cfg, config_file)
-    stage = ("import sys; from pathlib import Path; from halotrans.benchmark import load; "
-             "from halotrans.config import load_config; ref = load('reference'); "
-             "ref.stage_train('vipr', load_config(sys.argv[1]), Path(sys.argv[1]))")
-    proc = subprocess.Popen([sys.executable, "-c", stage, str(config_file)], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run_dir = tmp_path / "run"
-    deadline = time.time() + 300
-    while ref.checkpoint_time(run_dir) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.5)
-    assert proc.poll() is None, "the first training process ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = json.loads((run_dir / "budget.json").read_text())
-    assert len(first["segments"]) == 1 and first["segments"][0]["end"] is None
-    assert not (run_dir / "model.pt").exists()
-
-    ledger = ref.stage_train("vipr", cfg, config_file)
-    assert len(ledger["segments"]) == 2 and ledger["steps"] == first["steps"]
-    s0, s1 = ledger["segments"]
-    assert s0["start"] <= s0["end"] <= s1["start"] < s1["end"]
-    # each process counts until its last checkpoint; together they stay within the budget (+ set-up slack)
-    assert ref.used_seconds(ledger) <= 45 + 20
-    blob = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
-    assert blob["meta"]["step"] > 0
-    rows = (run_dir / "metrics.csv").read_text().splitlines()
-    steps = [int(r.split(",")[0]) for r in rows[1:]]
-    assert steps == sorted(set(steps))  # the resumed log continues the first without repeats
-    assert ref.stage_train("vipr", cfg, config_file) == ledger  # finished: nothing more to do

@@ -8,7 +8,14 @@ import pytest
 from halotrans.data.boxes import load_classes
 from halotrans.eval import metrics
 from halotrans.eval.baseline import (
-    SCALES, box_features, feature_names, fit_baseline, fit_logistic, load_baseline, save_baseline, smoothed_density,
+    SCALES,
+    box_features,
+    feature_names,
+    fit_baseline,
+    fit_logistic,
+    load_baseline,
+    save_baseline,
+    smoothed_density,
 )
 from halotrans.eval.calibration import apply_class_bias, argmax_counts, fit_class_bias
 from halotrans.io import DataError

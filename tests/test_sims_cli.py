@@ -15,8 +15,8 @@ import yaml
 
 from halotrans.cli import main
 from halotrans.sims.boxio import box_path, is_complete, load_box, read_attrs
-from halotrans.sims.simulate import BOX_DATASETS
-from tests.conftest import REPO, halotrans_cli, subprocess_env
+from halotrans.sims.cli import BOX_DATASETS
+from tests.helpers import REPO, halotrans_cli, subprocess_env
 
 TINY = ["--config", "sims/tiny"]
 

@@ -9,7 +9,7 @@ from halotrans.io import DataError
 from halotrans.sims.box import simulate_box
 from halotrans.sims.config import SimConfig
 from halotrans.sims.fof import friends_of_friends, member_counts
-from halotrans.sims.labels import lagrangian_halo_id, lagrangian_halo_mass, label_values, scatter_labels
+from halotrans.sims.labels import label_values, lagrangian_halo_id, lagrangian_halo_mass, scatter_labels
 
 
 def _lattice(n: int, box: float) -> np.ndarray:

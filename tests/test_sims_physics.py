@@ -11,8 +11,14 @@ from scipy.integrate import simpson
 
 from halotrans.sims.cosmology import Cosmology
 from halotrans.sims.fourier import power_spectrum, rfft_wavevectors
-from halotrans.sims.ics import (lagrangian_grid, linear_density, linear_density_k, lpt_displacements,
-                                lpt_particles, white_noise)
+from halotrans.sims.ics import (
+    lagrangian_grid,
+    linear_density,
+    linear_density_k,
+    lpt_displacements,
+    lpt_particles,
+    white_noise,
+)
 from halotrans.sims.pm import CloudInCell, ParticleMesh, evolve, scale_factor_steps
 
 

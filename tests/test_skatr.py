@@ -1,5 +1,8 @@
 """SKATR downstream end to end: JEPA pretraining with the real DeepSpeed loop, cached summaries,
-regression and NPE heads, the ViT from scratch, ``skatr report``; and NPE on a toy posterior."""
+regression and NPE heads, the ViT from scratch, ``skatr report``; and NPE on a toy posterior.
+Issue 16's protocol: an unlabelled pool, SKATR's masks, 8 symmetries, L1 heads with the best
+validation checkpoint and patience, compressed NPE conditions, flow ensembles, calibration tests,
+bootstrap intervals, effective rank and linear probes against an untrained encoder."""
 
 from __future__ import annotations
 
@@ -12,51 +15,20 @@ import numpy as np
 import pytest
 import torch
 
+from halotrans.io import DataError
 from halotrans.models.heads import FlowPosterior
-from halotrans.sims.lightcone_params import PARAM_NAMES
-from halotrans.train.skatr_eval import NOMINAL, coverage_curve, hpd_levels, r2_scores, relative_errors
-from halotrans.train.summaries import load_run
-from halotrans.train.tasks import make_task
-from tests.conftest import BIN, halotrans_cli, run
-from tests.test_lightcones import tiny_set  # noqa: F401 - the real tiny 21cmFAST data set
-
-PRIORS = np.array([[0.3, 10.0], [0.2, 0.4], [100.0, 1500.0], [38.0, 42.0], [4.0, 5.3], [10.0, 250.0]])
-
-
-def write_synthetic_lightcones(path: str | Path, n: int = 40, side: int = 8, los: int = 40, seed: int = 0) -> Path:
-    """A light-cone data set in the layout of ``python -m halotrans lightcones`` whose brightness
-    temperature [mK] depends on three of the five sampled parameters (u = prior-normalised):
-    fluctuation amplitude ∝ u(Ω_m), a line-of-sight ramp ∝ u(log10 L_X), a mean offset ∝ u(ζ).
-    For tests that cannot afford 21cmFAST (seconds per light cone)."""
-    rng = np.random.default_rng(seed)
-    u = rng.random((n, 6))
-    params = PRIORS[:, 0] + u * (PRIORS[:, 1] - PRIORS[:, 0])
-    params[:, 0] = np.nan  # five-parameter mode: m_WDM not sampled
-    z = np.linspace(0.0, 1.0, los)
-    field = rng.standard_normal((n, side, side, los))
-    tb = (5.0 + 20.0 * u[:, 1, None, None, None]) * field + 30.0 * u[:, 3, None, None, None] * z \
-        - 25.0 * u[:, 5, None, None, None]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        f["brightness_temp"] = tb.astype(np.float32)
-        f["params"] = params
-        f["seeds"] = np.arange(n, dtype=np.int64)
-        f["redshifts"] = np.linspace(5.0, 35.0, los)
-        f["comoving_distance"] = np.linspace(6000.0, 9000.0, los)
-        f.attrs.update(format="halotrans-lightcones-1", param_names=list(PARAM_NAMES), priors=PRIORS,
-                       sampled=np.array([False, True, True, True, True, True]), cell_size_mpc=5.0,
-                       settings=f'{{"synthetic": {seed}}}')
-    return path
-
+from halotrans.skatr.calibration import calibrated_band, calibration_metrics, logit_log_density
+from halotrans.skatr.compress import SymmetryMean, fit_pca
+from halotrans.skatr.data import N_SYMMETRIES, random_symmetries, transverse_symmetry
+from halotrans.skatr.dataset import LightConeDataset
+from halotrans.skatr.diagnostics import effective_rank, linear_probe_r2, paired_bootstrap_ratio
+from halotrans.skatr.eval import NOMINAL, coverage_curve, evaluate_ensemble, hpd_levels, r2_scores, relative_errors
+from halotrans.skatr.summaries import load_run, read_summaries
+from halotrans.skatr.tasks import write_untrained_encoder
+from halotrans.train.registry import make_task
+from tests.helpers import BIN, CPU, TINY_VIT, halotrans_cli, run, write_synthetic_lightcones
 
 # --- end to end with the real DeepSpeed loop and CLI ---------------------------------------------
-
-TINY_VIT = ("model.hidden_size=48", "model.mlp_dim=96", "model.depth=2", "jepa.predictor_dim=24",
-            "jepa.predictor_mlp_dim=48", "jepa.predictor_depth=2", "jepa.mask_targets=2",
-            "jepa.target_scale=[0.25,0.25]")
-CPU = ("train.bf16=false", "train.torch_adam=true", "train.warmup_steps=2", "train.log_every=1")
-
 
 def sets(*overrides: str) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
@@ -114,7 +86,7 @@ def test_summaries_are_cached_once_then_the_regression_head_trains_and_reports(j
     assert "summaries computed" in first.stdout
     cache = jepa_run / "summaries" / "lc_target.h5"
     with h5py.File(cache) as f:
-        assert f["summaries"].shape == (48, 48) and f["params"].shape == (48, 5)
+        assert f["summaries"].shape == (48, 1, 48) and f["params"].shape == (48, 5)  # (n, symmetries, K)
     stamp = cache.stat().st_mtime_ns
     assert "summaries cached" in halotrans_cli("skatr", "summarize", "-c", "skatr/regress.yaml", *common).stdout
 
@@ -168,12 +140,12 @@ def test_scratch_vit_regression_pretrained_summary_npe_and_comparison_report(jep
         assert (out_dir / name).stat().st_size > 0
     table = (out_dir / "skatr_report.md").read_text()
     assert "ViT from scratch" in table and "regression-pretrained summary" in table and "JEPA summary" in table
-    for run in (npe_regpre, npe_jepa):
-        rep = json.loads((run / "report" / "report.json").read_text())
+    for run_dir in (npe_regpre, npe_jepa):
+        rep = json.loads((run_dir / "report" / "report.json").read_text())
         m = rep["metrics"]
         assert np.isfinite(m["log_posterior"]) and 0 <= m["calibration_error"] <= 1
         assert m["coverage"]["0.00"] == 0.0 and m["coverage"]["1.00"] == 1.0
-        assert (run / "report" / "posteriors.png").is_file() and (run / "report" / "coverage.png").is_file()
+        assert (run_dir / "report" / "posteriors.png").is_file() and (run_dir / "report" / "coverage.png").is_file()
     assert json.loads((npe_jepa / "report" / "report.json").read_text())["info"]["n_train"] == 19  # half of 38
 
 
@@ -260,7 +232,7 @@ def test_hpd_coverage_of_a_calibrated_posterior_is_the_diagonal():
 
 
 @pytest.mark.slow
-def test_jepa_and_summaries_on_real_21cmfast_light_cones(tiny_set, tmp_path):  # noqa: F811
+def test_jepa_and_summaries_on_real_21cmfast_light_cones(tiny_set, tmp_path):
     """The real tiny data set of the light-cone generator (2 light cones, 8 x 8 x 45 -> 40 slices)."""
     run_dir = tmp_path / "jepa"
     common = sets(f"lightcone.out={tiny_set}", "lightcone.split=[1.0,0.0,0.0]", "skatr.batch_size=2")
@@ -271,3 +243,197 @@ def test_jepa_and_summaries_on_real_21cmfast_light_cones(tiny_set, tmp_path):  #
     out = halotrans_cli("skatr", "summarize", "-c", "skatr/regress.yaml", *common, "--no-progress",
                         *sets(f"skatr.encoder_run={run_dir}"))
     assert "summaries computed" in out.stdout and "train 2, val 0, test 0" in out.stdout
+
+
+# --- issue 16: the pieces ------------------------------------------------------------------------
+
+def test_the_eight_transverse_symmetries_form_the_square_group_and_leave_the_line_of_sight():
+    x = torch.arange(3 * 3 * 2, dtype=torch.float32).reshape(1, 3, 3, 2)
+    images = [transverse_symmetry(x, k) for k in range(N_SYMMETRIES)]
+    assert len({tuple(im.flatten().tolist()) for im in images}) == 8  # all distinct
+    assert torch.equal(images[0], x)
+    for im in images:  # each slice of the line of sight is moved as a whole sky: the columns stay columns
+        assert sorted(im[0, :, :, 0].flatten().tolist()) == sorted(x[0, :, :, 0].flatten().tolist())
+        assert torch.equal(im[..., 1] - im[..., 0], torch.ones_like(im[..., 0]))
+    for a in images:  # closed under composition
+        for k in range(8):
+            assert any(torch.equal(transverse_symmetry(a, k), b) for b in images)
+    batch = torch.randn(6, 1, 4, 4, 3)
+    aug = random_symmetries(batch, 8, seed=0)
+    assert aug.shape == batch.shape and not torch.equal(aug, batch)
+    assert torch.equal(random_symmetries(batch, 1, seed=0), batch)
+    with pytest.raises(ValueError):
+        transverse_symmetry(x, 8)
+
+
+def test_the_unlabelled_pool_never_reads_its_parameters(tmp_path):
+    pool = write_synthetic_lightcones(tmp_path / "pool.h5", n=6)
+    with h5py.File(pool, "r+") as f:
+        f["params"][...] = np.nan  # a labelled reader refuses these; JEPA must never look
+    ds = LightConeDataset(pool, "all", labelled=False)
+    x, theta = ds[0]
+    assert x.shape == (1, 8, 8, 40) and theta.shape == (0,) and len(ds) == 6
+    with pytest.raises(DataError, match="params"):
+        LightConeDataset(pool, "all")
+
+
+def test_pca_compression_keeps_the_leading_directions_and_averages_over_symmetries():
+    torch.manual_seed(0)
+    z = torch.randn(500, 2) * torch.tensor([5.0, 2.0])
+    basis = torch.linalg.qr(torch.randn(10, 10))[0][:, :2]
+    x = z @ basis.T + 0.01 * torch.randn(500, 10) + 3.0
+    pca = fit_pca(x, 2)
+    proj = pca(x)
+    assert proj.shape == (500, 2)
+    assert abs(proj[:, 0].std() - 5.0) < 0.5 and abs(proj[:, 1].std() - 2.0) < 0.3 and proj.mean(0).abs().max() < 1e-4
+    sym = SymmetryMean(pca)
+    stacked = torch.stack([x[:4], x[4:8]], dim=1)  # (4, S=2, K)
+    torch.testing.assert_close(sym(stacked), (pca(x[:4]) + pca(x[4:8])) / 2)
+    torch.testing.assert_close(sym(x[:4]), pca(x[:4]))
+
+
+def test_a_calibrated_posterior_wanders_as_measured():
+    """DESIGN.md: at n = 120 the largest gap over 21 levels has median 0.067 and 90th percentile 0.10."""
+    band = calibrated_band(120, draws=4000, seed=1)
+    assert band["max_gap_median"] == pytest.approx(0.067, abs=0.008)
+    assert band["max_gap_q90"] == pytest.approx(0.10, abs=0.01)
+    assert (band["lower"] <= NOMINAL + 1e-9).all() and (band["upper"] >= NOMINAL - 1e-9).all()
+    assert calibrated_band(300, draws=2000)["max_gap_q90"] < band["max_gap_q90"]  # more test points: narrower
+
+
+def _toy_posteriors(n: int, s: int, scale: float, seed: int = 0):
+    """θ in the unit box, logit θ ~ N(logit θ_true-ish): exact Gaussian posteriors in logit space, their samples
+    widened or narrowed by ``scale`` (1 = calibrated). Returns u-space samples, truths, log densities in u."""
+    rng = np.random.default_rng(seed)
+    sigma = 0.5
+    mu = rng.normal(0, 1, (n, 2))
+    y_true = mu + sigma * rng.standard_normal((n, 2))
+    y_s = mu[:, None, :] + scale * sigma * rng.standard_normal((n, s, 2))
+
+    def log_q_y(y, m):
+        return (-0.5 * ((y - m) / (scale * sigma)) ** 2 - np.log(scale * sigma * np.sqrt(2 * np.pi))).sum(-1)
+
+    sig = lambda y: 1 / (1 + np.exp(-y))  # noqa: E731
+    u_s, u_t = sig(y_s), sig(y_true)
+    # density in u = density in y / Π u(1-u)
+    lp_s = log_q_y(y_s, mu[:, None, :]) - np.log(u_s * (1 - u_s)).sum(-1)
+    lp_t = log_q_y(y_true, mu) - np.log(u_t * (1 - u_t)).sum(-1)
+    return u_s, u_t, lp_s, lp_t
+
+
+def test_calibration_tests_pass_a_calibrated_posterior_and_fail_an_overconfident_one():
+    u_s, u_t, lp_s, lp_t = _toy_posteriors(400, 400, 1.0)
+    np.testing.assert_allclose(logit_log_density(lp_t, u_t), lp_t + np.log(u_t * (1 - u_t)).sum(-1))
+    m, a = calibration_metrics(u_s, u_t, lp_s, lp_t, ["a", "b"])
+    q90 = m["calibrated_gap_q90"]
+    for key in ("calibration_error", "calibration_error_logit", "tarp_error"):
+        assert m[key] <= 1.3 * q90, (key, m[key], q90)
+    assert max(m["calibration_error_rank"].values()) <= 1.3 * q90
+    assert a["coverage_rank"].shape == (2, len(NOMINAL)) and a["band_lower"].shape == NOMINAL.shape
+    narrow = calibration_metrics(*_toy_posteriors(400, 400, 0.5), ["a", "b"])[0]
+    for key in ("calibration_error", "calibration_error_logit"):
+        assert narrow[key] > 3 * q90
+
+
+def test_bootstrap_ratio_effective_rank_and_linear_probe():
+    rng = np.random.default_rng(0)
+    err = rng.random(300)
+    assert paired_bootstrap_ratio(err, err) == (1.0, 1.0, 1.0)  # paired: identical errors have no spread
+    r, lo, hi = paired_bootstrap_ratio(1.2 * err + 0.05 * rng.random(300), err)
+    assert lo < r < hi and 1.2 < r < 1.3 and hi - lo < 0.1
+    assert effective_rank(rng.standard_normal((2000, 8))) > 7.5
+    assert effective_rank(np.outer(rng.standard_normal(100), rng.standard_normal(8))) == pytest.approx(1.0, abs=0.01)
+    x = rng.standard_normal((600, 12))
+    y = np.stack([x[:, 0] + 0.1 * rng.standard_normal(600), rng.random(600)], axis=1)
+    probe = linear_probe_r2({"train": (x[:400], y[:400]), "val": (x[400:500], y[400:500]),
+                             "test": (x[500:], y[500:])})
+    assert probe["r2"][0] > 0.95 and probe["r2"][1] < 0.1
+
+
+# --- issue 16 end to end: pool, SKATR masks, symmetries, L1 + best checkpoint, compressed NPE ensemble --
+
+@pytest.fixture(scope="module")
+def v2(tmp_path_factory) -> dict:
+    """A JEPA run with SKATR's masks on the labelled training split plus an unlabelled pool (whose
+    parameters are NaN: never read), then an L1 head on 8-symmetry summaries with the best checkpoint."""
+    root = tmp_path_factory.mktemp("skatr_v2")
+    data = write_synthetic_lightcones(root / "lc.h5", n=60)
+    pool = write_synthetic_lightcones(root / "pool.h5", n=24, seed=3)
+    with h5py.File(pool, "r+") as f:
+        f["params"][...] = np.nan
+    jepa = root / "jepa"
+    out = halotrans_cli("train", "-c", "skatr/pretrain.yaml", *sets(
+        f"lightcone.out={data}", f"skatr.pretrain_data={pool}", "jepa.mask_scheme=skatr", "model.patch_size=[2,2,10]",
+        *TINY_VIT, "jepa.mask_targets=2", *CPU, "skatr.batch_size=4", "train.zero_stage=0", f"train.out_dir={jepa}",
+        "train.steps=6", "train.eval_every=3", "train.checkpoint_every=6"))
+    common = (f"lightcone.out={data}", f"skatr.encoder_run={jepa}", "skatr.symmetries=8", "skatr.batch_size=16")
+    reg = root / "regress"
+    halotrans_cli("train", "-c", "skatr/regress.yaml", *sets(
+        *common, *CPU, "skatr.loss=l1", "train.keep_best=true", "train.patience=3", f"train.out_dir={reg}",
+        "train.steps=2000", "train.eval_every=10", "train.checkpoint_every=1000", "train.lr=3e-3"))
+    return {"root": root, "data": data, "pool": pool, "jepa": jepa, "regress": reg, "common": common,
+            "jepa_stdout": out.stdout}
+
+
+@pytest.mark.slow
+def test_jepa_pretrains_on_the_pool_with_skatr_masks(v2):
+    meta = torch.load(v2["jepa"] / "model.pt", weights_only=False)["meta"]
+    assert meta["pretrain_light_cones"] == 48 + 24  # the labelled training split (80 % of 60) and the pool
+    val = [r for r in metrics(v2["jepa"]) if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 3, 6] and all(r["val_std_target"] > 0 for r in val)
+
+
+@pytest.mark.slow
+def test_l1_head_on_eight_symmetries_keeps_its_best_validation_and_stops_on_patience(v2):
+    reg = v2["regress"]
+    best = json.loads((reg / "best.json").read_text())
+    rows = metrics(reg)
+    val = [r for r in rows if "val_loss" in r and r["step"] > 0]
+    assert best["val_loss"] == pytest.approx(min(r["val_loss"] for r in val))
+    assert best["step"] == next(r["step"] for r in val if r["val_loss"] == min(v["val_loss"] for v in val))
+    assert rows[-1]["step"] < 2000 and best["evals_since"] == 3  # stopped by patience, 3 validations after the best
+    assert torch.load(reg / "model.pt", weights_only=False)["meta"]["step"] == best["step"]  # model.pt = the best
+    cache = v2["jepa"] / "summaries" / "lc_target_s8.h5"
+    with h5py.File(cache) as f:
+        assert f["summaries"].shape == (60, 8, 48)
+    # the 8 summaries of a light cone differ (the encoder is not symmetric), the head averages its 8 predictions
+    s = read_summaries(cache, load_run(reg)[1])
+    assert not np.allclose(s.values[:, 0], s.values[:, 1])
+    rep = halotrans_cli("skatr", "report", str(reg), "--no-progress")
+    assert "mean R²" in rep.stdout
+
+
+@pytest.mark.slow
+def test_npe_on_compressed_summaries_ensemble_and_untrained_baseline(v2):
+    flow = ("skatr.flow_hidden=16", "skatr.flow_transforms=2", "skatr.posterior_samples=100", "train.keep_best=true",
+            "train.patience=4", "train.steps=200", "train.eval_every=10", "train.checkpoint_every=200")
+    runs = []
+    for seed, condition in ((0, "regression"), (1, "regression"), (0, "pca")):
+        run_dir = v2["root"] / f"npe_{condition}_{seed}"
+        extra = (f"skatr.compress_run={v2['regress']}",) if condition == "regression" else ("skatr.npe_components=4",)
+        halotrans_cli("train", "-c", "skatr/npe.yaml", *sets(
+            *v2["common"], *flow, *CPU, f"skatr.npe_condition={condition}", *extra, f"train.seed={seed}",
+            f"train.out_dir={run_dir}"))
+        runs.append(run_dir)
+        meta = torch.load(run_dir / "model.pt", weights_only=False)["meta"]
+        assert meta["condition_dim"] == (5 if condition == "regression" else 4)
+    # the condition of the regression-compressed flow is the head's symmetry-averaged estimate
+    model, _, _ = load_run(runs[0])
+    head, _, _ = load_run(v2["regress"])
+    s = torch.randn(3, 8, 48)
+    torch.testing.assert_close(model.compress(s), head(s.flatten(0, 1)).view(3, 8, -1).mean(1))
+    ens = evaluate_ensemble(runs[:2], "test", 100, progress=False)
+    m = ens["metrics"]
+    assert ens["info"]["members"] == [str(r) for r in runs[:2]] and ens["arrays"]["samples"].shape == (6, 100, 5)
+    for key in ("calibration_error", "calibration_error_logit", "tarp_error", "calibrated_gap_q90"):
+        assert 0 <= m[key] <= 1
+    assert set(m["calibration_error_rank"]) == set(m["r2"]) and np.isfinite(m["log_posterior"])
+    with pytest.raises(DataError, match="ensemble"):
+        evaluate_ensemble([runs[0], v2["regress"]], "test", 100, progress=False)
+    # the randomly initialised encoder of the same architecture: a "run" whose summaries are the probes' baseline
+    cfg = load_run(v2["jepa"])[1]
+    untrained = write_untrained_encoder(cfg, v2["root"] / "untrained")
+    model_u, _, meta_u = load_run(untrained)
+    assert meta_u["step"] == 0 and meta_u["untrained"]
+    trained, _, _ = load_run(v2["jepa"])
+    assert not torch.equal(model_u.encoder.blocks[0].attn.qkv.weight, trained.encoder.blocks[0].attn.qkv.weight)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from halotrans.launch import collect, load_sweep, submit_sweep, wait, write_table
-from tests.conftest import REPO, subprocess_env
+from tests.helpers import REPO, subprocess_env
 from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
-from tests.test_launch_local import TINY, tiny_boxes  # noqa: F401 (fixture)
+from tests.test_launch_local import TINY
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

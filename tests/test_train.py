@@ -102,3 +102,32 @@ def test_metrics_log_resume_drops_later_and_torn_rows(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
     assert float(rows[2]["loss"]) == 1.0 / 3 and rows[1]["val_acc"] == "0.5" and rows[3]["loss"] == "0.2"
+
+
+@pytest.mark.parametrize("task, change, refused", [
+    ("segment", "data.crop=48", True),
+    ("segment", "train.lr=1e-3", False),
+    ("jepa", "jepa.mask_targets=7", True),
+    ("jepa", "lightcone.los_multiple=5", True),
+    ("jepa", "lightcone.workers=7", False),
+    ("regress", "skatr.head_hidden=17", True),
+    ("npe", "skatr.flow_bins=3", True),
+    ("npe", "skatr.posterior_samples=9", False),
+])
+def test_resume_compares_the_keys_each_task_declares(task, change, refused):
+    """A resumed run must keep the settings that fix its task's network and inputs (``Task.model_keys``),
+    SKATR's ``jepa.*`` and ``lightcone.*`` loading keys included; other keys may change."""
+    from halotrans.train.checkpoint import check_same_model
+    from halotrans.train.registry import TASKS
+
+    saved = load_config(None, [f"train.task={task}"])
+    cfg = load_config(None, [f"train.task={task}", change])
+    keys = TASKS.get(task).model_keys
+    if refused:
+        with pytest.raises(ConfigError, match=change.split("=")[0].split(".")[0]):
+            check_same_model(saved, cfg, "run/config.yaml", keys)
+    else:
+        check_same_model(saved, cfg, "run/config.yaml", keys)
+    with pytest.raises(ConfigError, match="train.task"):
+        check_same_model(saved, load_config(None, ["train.task=segment" if task != "segment" else "train.task=jepa"]),
+                         "run/config.yaml", keys)

@@ -19,8 +19,7 @@ from halotrans.config import ConfigError
 from halotrans.data.boxes import IGNORE_INDEX, BoxDataset
 from halotrans.sims.boxio import box_path
 from halotrans.train.checkpoint import latest_tag, load_for_inference
-from tests.conftest import halotrans_cli, run, subprocess_env
-from tests.test_data import write_synthetic_boxes
+from tests.helpers import halotrans_cli, run, subprocess_env, write_synthetic_boxes
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 

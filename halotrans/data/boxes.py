@@ -1,9 +1,12 @@
 """Box data set for proto-halo segmentation: periodic crops of box files with the cube symmetries.
 
 Each box file (:mod:`halotrans.sims.boxio`) gives the input channels, in the order of ``inputs``:
-``delta`` = ``/delta`` and ``T`` = ``/tidal/T``, each standardised with the training-set
+``delta`` = ``/delta``, ``T`` = ``/tidal/T`` and the physics channels ``delta_R<r>``, ``collapse_R<r>``,
+``collapse_max`` = ``/features/<name>`` (:mod:`halotrans.fields.channels`), each standardised with the training-set
 ``norm_stats`` ((x − mean)/std), and the per-voxel mass class binned from ``/halo_mass`` (log10 M
 in M☉/h) at load time with ``class_edges``. Arrays are (C, N, N, N), C order, axis 1 = x.
+A box holding NaN or ±Inf in an input or in ``/halo_mass`` is refused with a :class:`DataError`
+naming the file, the dataset and the count (checked once per file as it is read).
 
 Sampling is a pure function of ``(seed, step, rank, micro)``: the same call always returns the
 same crops, so a resumed run sees exactly the batches an uninterrupted one would.
@@ -24,7 +27,9 @@ import torch
 
 from halotrans.data.stats import INPUT_DATASETS
 from halotrans.data.symmetries import N_SYMMETRIES, apply_symmetry
-from halotrans.io import DataError, require_cubic
+from halotrans.fields.channels import compute_hint
+from halotrans.io import DataError, open_h5, require_cubic, require_finite
+from halotrans.sims.boxio import NON_FINITE_HINT
 
 #: label of voxels that count nowhere (padding crops of the validation tiling)
 IGNORE_INDEX = -100
@@ -42,12 +47,7 @@ def mass_to_class(halo_mass: np.ndarray, class_edges: Sequence[float]) -> np.nda
 
 
 def _open(path: Path) -> h5py.File:
-    if not path.is_file():
-        raise DataError(f"box file not found: {path}")
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
+    return open_h5(path, missing=f"box file not found: {path}")
 
 
 def _check_inputs(f: h5py.File, path: Path, inputs: Sequence[str]) -> None:
@@ -56,15 +56,21 @@ def _check_inputs(f: h5py.File, path: Path, inputs: Sequence[str]) -> None:
             raise DataError(f"unknown input '{name}' (choose from {list(INPUT_DATASETS)})")
         ds = INPUT_DATASETS[name]
         if ds not in f:
-            hint = (f"; compute it with `python -m halotrans shear {path.parent}`" if name == "T" else "")
+            hint = compute_hint(name, str(path.parent))
+            hint = f"; {hint}" if hint else ""
             raise DataError(f"{path}: missing dataset /{ds} (input '{name}'){hint}")
 
 
-def check_box_files(paths: Sequence[str | os.PathLike], inputs: Sequence[str]) -> None:
-    """Raise :class:`DataError` for the first missing box file or missing input dataset."""
+def check_box_files(paths: Sequence[str | os.PathLike], inputs: Sequence[str], labels: bool = False) -> None:
+    """Raise :class:`DataError` for the first missing box file, missing input dataset or input
+    holding NaN/±Inf (one read of each input); with ``labels`` also for ``/halo_mass``."""
     for p in map(Path, paths):
         with _open(p) as f:
             _check_inputs(f, p, inputs)
+            if labels and "halo_mass" not in f:
+                raise DataError(f"{p}: missing dataset /halo_mass (Lagrangian halo labels)")
+            for ds in [INPUT_DATASETS[name] for name in inputs] + (["halo_mass"] if labels else []):
+                require_finite(f[ds], f"{p}:/{ds}", NON_FINITE_HINT)
 
 
 def load_inputs(path: str | os.PathLike, inputs: Sequence[str], norm_stats: Mapping[str, Mapping[str, float]]) -> np.ndarray:
@@ -79,6 +85,7 @@ def load_inputs(path: str | os.PathLike, inputs: Sequence[str], norm_stats: Mapp
         for name in inputs:
             a = f[INPUT_DATASETS[name]][...]
             require_cubic(a.shape, f"{path}:/{INPUT_DATASETS[name]}")
+            require_finite(a, f"{path}:/{INPUT_DATASETS[name]}", NON_FINITE_HINT)
             s = norm_stats[name]
             channels.append(((a - s["mean"]) / s["std"]).astype(np.float32))
     if len({c.shape for c in channels}) != 1:
@@ -94,6 +101,7 @@ def load_classes(path: str | os.PathLike, class_edges: Sequence[float]) -> np.nd
             raise DataError(f"{path}: missing dataset /halo_mass (Lagrangian halo labels)")
         m = f["halo_mass"][...]
     require_cubic(m.shape, f"{path}:/halo_mass")
+    require_finite(m, f"{path}:/halo_mass", NON_FINITE_HINT)
     return mass_to_class(m, class_edges)
 
 

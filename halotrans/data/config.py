@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from halotrans.fields.channels import is_input_name
 from halotrans.io import parse_seeds
 
 
@@ -24,6 +25,9 @@ class DataConfig:
     periodic crops; ``augment`` applies the 48 symmetries of the cube. ``class_weights`` weighs
     the cross-entropy by the inverse (or inverse square root) of the training-set class
     frequencies. Validation uses at most ``val_max_crops`` crops tiling the validation boxes.
+    ``inputs`` are the channels, in order: ``delta``, ``T`` and the physics channels ``delta_R<r>``,
+    ``collapse_R<r>``, ``collapse_max`` that the shear stage adds with ``shear.feature_radii``
+    (:mod:`halotrans.fields.channels`); each is named explicitly.
     """
 
     root: str = "data/boxes"
@@ -43,9 +47,10 @@ class DataConfig:
         return len(self.class_edges) + 2
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.inputs if c not in ("delta", "T")]
+        bad = [c for c in self.inputs if not is_input_name(c)]
         if bad or not self.inputs or len(set(self.inputs)) != len(self.inputs):
-            raise ValueError(f"inputs must be a non-empty subset of ['delta', 'T'], got {list(self.inputs)}")
+            raise ValueError(f"inputs must be distinct channels among delta, T, delta_R<r>, collapse_R<r> and "
+                             f"collapse_max (r: a radius in Mpc/h of shear.feature_radii), got {list(self.inputs)}")
         if list(self.class_edges) != sorted(set(self.class_edges)):
             raise ValueError(f"class_edges must strictly increase, got {list(self.class_edges)}")
         if self.crop < 1 or self.batch_size < 1 or self.val_max_crops < 1:

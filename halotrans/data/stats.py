@@ -19,11 +19,12 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from halotrans.io import DataError, atomic_path
-from halotrans.sims.boxio import box_path
+from halotrans.fields.channels import InputDatasets
+from halotrans.io import DataError, WriteError, atomic_path, require_finite
+from halotrans.sims.boxio import NON_FINITE_HINT, box_path
 
-#: input name -> dataset in the box file
-INPUT_DATASETS = {"delta": "delta", "T": "tidal/T"}
+#: input name -> dataset in the box file (delta, T and the physics channels of halotrans.fields.channels)
+INPUT_DATASETS = InputDatasets()
 STATS_FILE = "stats.json"
 
 
@@ -33,20 +34,23 @@ def _signature(path: Path) -> list:
 
 
 def compute_stats(paths: Sequence[Path]) -> dict:
-    """Mean and std (float64 sums) of every input field present in ALL ``paths``."""
+    """Mean and std (float64 sums) of every input field present in ALL ``paths`` (a field holding
+    NaN/±Inf is a :class:`DataError`, so ``stats.json`` never holds non-finite statistics)."""
     sums: dict[str, np.ndarray] = {}
-    present = set(INPUT_DATASETS)
+    present: set[str] | None = None
     n = 0
     for path in paths:
         with h5py.File(path, "r") as f:
-            present &= {name for name, ds in INPUT_DATASETS.items() if ds in f}
+            here = set(INPUT_DATASETS.present_in(f))  # delta, T and every /features channel
+            present = here if present is None else present & here
             for name in present:
                 a = f[INPUT_DATASETS[name]][...].astype(np.float64)
+                require_finite(a, f"{path}:/{INPUT_DATASETS[name]}", NON_FINITE_HINT)
                 s = sums.setdefault(name, np.zeros(2))
                 s += (a.sum(), np.square(a).sum())
             n += f["delta"].size
     out = {}
-    for name in sorted(present):
+    for name in sorted(present or ()):
         mean = sums[name][0] / n
         var = max(sums[name][1] / n - mean**2, 0.0)
         out[name] = {"mean": float(mean), "std": float(np.sqrt(var)) or 1.0}
@@ -80,7 +84,7 @@ def training_stats(root: str | os.PathLike, seeds: Sequence[int]) -> dict:
         try:
             with atomic_path(stats_path) as tmp:
                 tmp.write_text(json.dumps(table, indent=1))
-        except OSError:  # a read-only data set: recompute next time
+        except (OSError, WriteError):  # a read-only data set (or a full disk): recompute next time
             pass
     return entry["inputs"]
 

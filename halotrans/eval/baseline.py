@@ -25,20 +25,19 @@ import torch
 from scipy.optimize import minimize
 
 from halotrans.data.boxes import load_classes
+from halotrans.fields.smoothing import smoothed_density as gaussian_smoothed
 from halotrans.io import DataError, atomic_path
 from halotrans.sims.boxio import load_box
-from halotrans.sims.fourier import rfft_k2
 
 #: Gaussian smoothing radii of δ [Mpc/h]
 SCALES = (1.0, 2.0, 4.0, 8.0)
 
 
 def smoothed_density(delta: np.ndarray, box_size: float, radius: float) -> np.ndarray:
-    """δ (N,N,N) convolved with a periodic Gaussian of radius ``radius`` Mpc/h (exp(−k²R²/2) in Fourier space)."""
+    """δ (N,N,N) convolved with a periodic Gaussian of radius ``radius`` Mpc/h (exp(−k²R²/2) in Fourier space),
+    float32; :func:`halotrans.fields.smoothing.smoothed_density` in float64 (the physics input channels use it too)."""
     d = torch.as_tensor(np.asarray(delta), dtype=torch.float64)
-    k2 = rfft_k2(d.shape[0], box_size, dtype=torch.float64)
-    out = torch.fft.irfftn(torch.fft.rfftn(d) * torch.exp(-0.5 * k2 * radius**2), s=d.shape)
-    return out.numpy().astype(np.float32)
+    return gaussian_smoothed(d, box_size, radius).numpy().astype(np.float32)
 
 
 def feature_names(scales: Sequence[float] = SCALES) -> list[str]:

@@ -6,7 +6,11 @@ comparison report (``report.md``, ``report.json``, PNG figures). DATA is a direc
 Each run's inputs are prepared with its own normalisation; all runs must share ``class_edges``.
 ``--set`` overrides keys of every run's config (``eval.*``: window, overlap, margin, blend,
 batch_size, bf16, boundary_tolerance, gradcam, out_dir; ``data.test_seeds`` ...).
-Every input is checked before anything is written: bad input exits with status 2.
+Every input is checked before anything is written: bad input exits with status 2 (boxes or weights
+holding NaN/±Inf included, naming the file, the dataset and the count).
+
+``python -m halotrans infer RUN_DIR BOX.h5 --out PRED.h5``: the same periodic sliding-window
+prediction of one box on every rank of a job, into one HDF5 file (:mod:`halotrans.eval.infer`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from halotrans.cli import Command
 from halotrans.config import Config, ConfigError, config_from_dict, config_to_dict, parse_override
 from halotrans.io import DataError
 
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from halotrans.eval.inference import predict_files
     from halotrans.eval.report import write_report
     from halotrans.eval.truth import load_truth
-    from halotrans.io import require_cubic
+    from halotrans.io import require_cubic, require_finite
     from halotrans.train.checkpoint import load_for_inference
 
     run_dirs, data = _split_paths(args.paths)
@@ -170,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
         predictions[name] = [p for _, p in predict_files(
             model, files, meta["inputs"], meta["norm_stats"], window, ev.overlap, ev.batch_size,
             margin=ev.margin, blend=ev.blend, bf16=ev.bf16)]
+        for path, p in zip(files, predictions[name]):
+            require_finite(p, f"{rd}: probabilities predicted for {path}", "nothing written")
         seconds = time.perf_counter() - t0
         runs_meta[name] = {
             "run_dir": str(rd), "model": cfg.model.name, "step": meta.get("step"), "tag": args.tag or "model.pt",
@@ -192,3 +199,40 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: accuracy {m['accuracy']:.4f}, mean AUC (halo classes) {'-' if auc is None else f'{auc:.4f}'}")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+# --- infer ----------------------------------------------------------------------------------------
+
+
+def add_infer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="training run directory (config.yaml, model.pt or checkpoints/)")
+    parser.add_argument("box", help="box file with the run's inputs (/delta, /tidal/T)")
+    parser.add_argument("--out", required=True, help="output HDF5 file (written atomically)")
+    parser.add_argument("--tag", default=None, help="checkpoint tag instead of the final model.pt")
+    parser.add_argument("--sp", type=int, default=1, help="ranks sharing each window as slabs (default 1)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the run's config, e.g. --set eval.overlap=0.25 (repeatable)")
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from halotrans.eval.infer import infer_box
+    from halotrans.parallel.distributed import init_distributed, shutdown
+
+    init_distributed()
+    try:
+        infer_box(args.run_dir, args.box, args.out, args.tag, args.sp, args.overrides)
+    finally:
+        shutdown()
+    return 0
+
+
+INFER_HELP = """Full-box inference on every rank of a job -> one HDF5 file (/probs, /classes).
+
+    torchrun --nproc_per_node 4 -m halotrans infer runs/vipr data/boxes/box_0018.h5 --out pred.h5
+    torchrun --nproc_per_node 4 -m halotrans infer runs/vipr box.h5 --out pred.h5 --sp 2 --set eval.overlap=0.25
+
+Windows, overlap, margin, blend, batch size and bf16 come from the run's ``eval`` section (``--set eval.*``);
+the windows are dealt out to the ranks, each reads only the rows it needs (halotrans/eval/infer.py).
+"""
+EVALUATE = Command(add_arguments, run)
+INFER = Command(add_infer_arguments, run_infer, description=INFER_HELP)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from halotrans.config import ConfigError
+from halotrans.yaml_config import ConfigError
 
 Blend = Literal["gaussian", "linear", "constant"]
 

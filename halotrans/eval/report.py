@@ -24,6 +24,7 @@ import numpy as np
 
 from halotrans.eval import metrics, plots
 from halotrans.eval.truth import BoxTruth
+from halotrans.formatting import fixed, jsonable, percent
 from halotrans.io import DataError, atomic_path
 
 ROC_POINTS = 200
@@ -133,28 +134,6 @@ def evaluate_model(truths: Sequence[BoxTruth], preds: Sequence[np.ndarray], n_cl
     return summary, arrays
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def _f(x: float | None, fmt: str = ".3f") -> str:
-    return "–" if x is None or not math.isfinite(x) else format(x, fmt)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{100 * x:+.2f}%"
-
-
 def markdown(result: dict) -> str:
     """The Markdown text of a report from its JSON-able ``result`` (see :func:`write_report`)."""
     names, models, tol = result["class_names"], result["models"], result["boundary_tolerance_voxels"]
@@ -162,7 +141,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Proto-halo segmentation: evaluation report", "",
         f"Test boxes: {len(boxes)} ({', '.join(Path(b).stem for b in boxes)}), {result['grid']} voxels each, "
-        f"L = {_f(result['box_size'], 'g')} Mpc/h. Classes: {len(names)} from log10 M edges "
+        f"L = {fixed(result['box_size'], 'g')} Mpc/h. Classes: {len(names)} from log10 M edges "
         f"{result['class_edges']} [M☉/h]. Masses in M☉/h.", "",
         "## Models", "",
         "| model | accuracy | mean AUC (halo classes) | AUC halo vs none | surface Dice halo "
@@ -171,13 +150,13 @@ def markdown(result: dict) -> str:
     ]
     for name, m in models.items():
         h = m.get("halos") or {}
-        ratio = (f"{_f(h.get('log_ratio_median'), '+.3f')} [{_f(h.get('log_ratio_p16'), '+.3f')}, "
-                 f"{_f(h.get('log_ratio_p84'), '+.3f')}]") if h else "–"
+        ratio = (f"{fixed(h.get('log_ratio_median'), '+.3f')} [{fixed(h.get('log_ratio_p16'), '+.3f')}, "
+                 f"{fixed(h.get('log_ratio_p84'), '+.3f')}]") if h else "–"
         lines.append(
-            f"| {name} | {_f(m['accuracy'], '.4f')} | {_f(m['auc_mean_halo_classes'], '.4f')} | "
-            f"{_f(m['auc_halo_vs_none'], '.4f')} | {_f(m['surface_dice_halo'])} | "
-            f"{_f(h.get('detected_fraction'), '.1%') if h else '–'} of {h.get('n_halos', '–')} | {ratio} | "
-            f"{_f(h.get('class_accuracy'), '.1%') if h else '–'} | {_f(h.get('merged_fraction'), '.1%') if h else '–'} |")
+            f"| {name} | {fixed(m['accuracy'], '.4f')} | {fixed(m['auc_mean_halo_classes'], '.4f')} | "
+            f"{fixed(m['auc_halo_vs_none'], '.4f')} | {fixed(m['surface_dice_halo'])} | "
+            f"{fixed(h.get('detected_fraction'), '.1%') if h else '–'} of {h.get('n_halos', '–')} | {ratio} | "
+            f"{fixed(h.get('class_accuracy'), '.1%') if h else '–'} | {fixed(h.get('merged_fraction'), '.1%') if h else '–'} |")
     lines += [
         "", "## Per class", "",
         f"| class | log10 M [M☉/h] | model | AUC | accuracy | precision | M_true | M_pred | ΔM/M | surface Dice (τ = {tol:g}) |",
@@ -187,9 +166,9 @@ def markdown(result: dict) -> str:
         for name, m in models.items():
             p = m["per_class"][c]
             lines.append(
-                f"| {c} | {cname} | {name} | {_f(p['auc'], '.4f')} | {_f(p['accuracy'], '.4f')} | "
-                f"{_f(p['precision'], '.4f')} | {_f(p['mass_true'], '.4g')} | {_f(p['mass_pred'], '.4g')} | "
-                f"{_pct(p['mass_rel_error'])} | {_f(p['surface_dice'])} |")
+                f"| {c} | {cname} | {name} | {fixed(p['auc'], '.4f')} | {fixed(p['accuracy'], '.4f')} | "
+                f"{fixed(p['precision'], '.4f')} | {fixed(p['mass_true'], '.4g')} | {fixed(p['mass_pred'], '.4g')} | "
+                f"{percent(p['mass_rel_error'])} | {fixed(p['surface_dice'])} |")
     lines += ["", "## Confusion matrices (rows: true class, columns: predicted class; voxel counts)"]
     for name, m in models.items():
         k = len(names)
@@ -269,7 +248,7 @@ def write_report(
             cams[m] = (np.asarray(inp)[k], np.asarray(maps)[:, k], [names[c] for c in classes])
         plots.gradcam_figure(cams, out / "gradcam.png")
         figs["Grad-CAM (central slice of the window)"] = "gradcam.png"
-    result = _jsonable(result)
+    result = jsonable(result)
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     with atomic_path(out / "report.md") as tmp:

@@ -8,11 +8,14 @@ PATHs are box files or directories of ``box_*.h5``. Run alone it computes each b
 (float64, on ``shear.device``); under ``mpiexec -n R`` (R must divide N) every rank reads and writes
 only its slab of rows. Each file is rewritten atomically; boxes that already have ``/tidal/T`` made
 with the same ``shear.definition`` and ``shear.smoothing`` are skipped, so a killed job is resumed
-by running it again. All boxes are checked before anything is written.
+by running it again. All boxes are checked before anything is written (a ``/delta`` holding NaN or
+±Inf stops the command with status 2, naming the file and the count).
 
 Settings (``shear`` section, defaults in :class:`halotrans.fields.config.ShearConfig`):
 ``definition`` q | q2 (q = √(½Σ(λi−λj)²) of the tidal eigenvalues), ``smoothing`` Gaussian radius of
-δ in Mpc/h, ``save_tensor`` also store ``/tidal/Tij``, ``device`` cpu | cuda (serial runs).
+δ in Mpc/h, ``save_tensor`` also store ``/tidal/Tij``, ``device`` cpu | cuda (serial runs);
+``feature_radii`` (Mpc/h, default none) also adds the physics input channels ``/features/*`` (smoothed δ
+and ellipsoidal collapse time per radius, :mod:`halotrans.fields.features`), skipped when done likewise.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from halotrans.cli import add_config_arguments, config_from_args
-from halotrans.config import ConfigError
 from halotrans.fields.config import ShearConfig
 from halotrans.io import DataError
+from halotrans.yaml_config import ConfigError
 
 Plan = list[tuple[Path, int, float]]  # (box file, N, box_size Mpc/h)
 
@@ -74,7 +77,7 @@ def run_serial(todo: Plan, cfg: ShearConfig) -> None:
     """One process: float64 torch FFT on ``cfg.device``, one atomic rewrite per box."""
     import torch
 
-    from halotrans.fields.store import prepare_output, read_delta_slab, shear_settings, write_slab
+    from halotrans.fields.store import prepare_output, read_delta_slab, require_finite_shear, shear_settings, write_slab
     from halotrans.fields.tidal import scalar_shear, tidal_tensor
     from halotrans.io import atomic_path
 
@@ -87,9 +90,11 @@ def run_serial(todo: Plan, cfg: ShearConfig) -> None:
         delta = torch.from_numpy(read_delta_slab(path, 0, n)).to(cfg.device)
         tij = tidal_tensor(delta, box_size, cfg.smoothing)
         shear = scalar_shear(tij, cfg.definition).cpu().numpy()
+        tij_out = tij.cpu().numpy() if cfg.save_tensor else None
+        require_finite_shear(path, shear, tij_out)
         with atomic_path(path) as tmp:
             prepare_output(path, tmp, n, settings, cfg.save_tensor)
-            write_slab(tmp, 0, shear, tij.cpu().numpy() if cfg.save_tensor else None)
+            write_slab(tmp, 0, shear, tij_out)
 
 
 def run_mpi(comm, todo: Plan, cfg: ShearConfig) -> None:
@@ -97,8 +102,8 @@ def run_mpi(comm, todo: Plan, cfg: ShearConfig) -> None:
     import torch
     from mpi4py import MPI
 
-    from halotrans.fields.store import shear_settings
     from halotrans.fields.ranks import agree
+    from halotrans.fields.store import shear_settings
     from halotrans.fields.tidal_mpi import SlabTidal, shear_box_mpi
 
     ranks_here = comm.Split_type(MPI.COMM_TYPE_SHARED).size
@@ -137,4 +142,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"shear: {len(todo)} box(es) computed, {skipped} skipped (already done with "
           f"definition={cfg.definition}, smoothing={cfg.smoothing} Mpc/h); "
           f"{time.perf_counter() - t0:.3f} s compute+I/O, {how}", flush=True)
+    if cfg.feature_radii:  # physics input channels (halotrans.fields.features): serial, rank 0 under MPI
+        from halotrans.fields.features import add_features
+
+        print(add_features(box_files(args.paths), cfg), flush=True)
     return 0

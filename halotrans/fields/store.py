@@ -7,7 +7,8 @@ components (xx, yy, zz, xy, xz, yz); the group's attrs record the settings (``de
 Writers never touch the box under its own name: the file is copied to a temporary name
 (:func:`halotrans.io.atomic_path`), the old ``/tidal`` group is dropped, the datasets are created
 (:func:`prepare_output`), filled slab by slab (:func:`write_slab`, one writer at a time), and the
-temporary file is renamed onto the box. A killed job leaves the box as it was.
+temporary file is renamed onto the box. A killed job leaves the box as it was. A ``/delta`` with
+NaN/±Inf is refused when the box is inspected, a non-finite result before it is written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 
 from halotrans import __version__
 from halotrans.fields.config import ShearConfig
-from halotrans.io import DataError, require_cubic, require_datasets
+from halotrans.io import DataError, open_h5, require_cubic, require_datasets, require_finite
+from halotrans.sims.boxio import NON_FINITE_HINT
 
 GROUP = "tidal"
 
@@ -33,14 +35,11 @@ def shear_settings(cfg: ShearConfig) -> dict[str, Any]:
 
 
 def inspect_box(path: str | os.PathLike) -> tuple[int, float]:
-    """Return (N, box_size [Mpc/h]) of a box file with a cubic ``/delta``; else :class:`DataError`."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
+    """Return (N, box_size [Mpc/h]) of a box file with a cubic, finite ``/delta``; else :class:`DataError`."""
+    with open_h5(path) as f:
         require_datasets(f, ["delta"], path)
         n = require_cubic(f["delta"].shape, f"{path}:/delta")
+        require_finite(f["delta"], f"{path}:/delta", NON_FINITE_HINT)
         if "box_size" not in f.attrs:
             raise DataError(f"{path}: missing attr 'box_size' (Mpc/h); it has {sorted(f.attrs)}")
         box_size = float(f.attrs["box_size"])
@@ -81,6 +80,13 @@ def prepare_output(src: str | os.PathLike, tmp: str | os.PathLike, n: int, setti
         group.attrs["components"] = ",".join(COMPONENTS)
         group.attrs["nyquist"] = "first-derivative factors k_i are 0 on their Nyquist plane"
         group.attrs["code_version"] = __version__
+
+
+def require_finite_shear(path: str | os.PathLike, shear: np.ndarray, tij: np.ndarray | None) -> None:
+    """:class:`DataError` if the computed shear of box ``path`` holds NaN/±Inf (checked before writing)."""
+    for name, arr in (("T", shear), ("Tij", tij)):
+        if arr is not None:
+            require_finite(arr, f"{path}:/{GROUP}/{name}", "refusing to write non-finite values; the box is unchanged")
 
 
 def write_slab(tmp: str | os.PathLike, start: int, shear: np.ndarray, tij: np.ndarray | None = None) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from halotrans.fields.ranks import agree
-from halotrans.fields.store import prepare_output, read_delta_slab, write_slab
+from halotrans.fields.store import prepare_output, read_delta_slab, require_finite_shear, write_slab
 from halotrans.fields.tidal import scalar_shear, tidal_multipliers
 from halotrans.io import DataError, atomic_path
 
@@ -66,6 +66,7 @@ def shear_box_mpi(slab: SlabTidal, path: os.PathLike, box_size: float, settings:
     delta = agree(comm, lambda: read_delta_slab(path, start, stop))
     shear, tij = agree(comm, lambda: slab.tensor_and_shear(delta, box_size, settings["definition"],
                                                            settings["smoothing"], save_tensor))
+    agree(comm, lambda: require_finite_shear(path, shear, tij))
 
     def write_in_turn(tmp: os.PathLike | None) -> None:
         tmp = comm.bcast(tmp, root=0)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from halotrans.formatting import number
 from halotrans.io import DataError, atomic_path
 from halotrans.launch.rundir import final_metrics, run_status
 from halotrans.launch.sweep import MANIFEST
@@ -61,19 +62,11 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     return [*cols, "error"]
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of ``rows`` (numbers to 6 significant digits, blanks for absent values)."""
     cols = columns(rows)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(number(r.get(c), 6, none="").replace("|", "\\|") for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -86,7 +79,7 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, 
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
-            w.writerows({c: _fmt(r.get(c)) for c in cols} for r in rows)
+            w.writerows({c: number(r.get(c), 6, none="") for c in cols} for r in rows)
     with atomic_path(md_path) as tmp:
         tmp.write_text(markdown(rows))
     return csv_path, md_path

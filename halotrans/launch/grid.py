@@ -31,8 +31,15 @@ from typing import Any
 
 import yaml
 
-from halotrans.config import (Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_override,
-                              resolve_config_path)
+from halotrans.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+    resolve_config_path,
+)
 
 SWEEP_KEYS = {"name", "config", "out_dir", "set", "grid", "resources"}
 

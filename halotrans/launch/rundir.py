@@ -5,13 +5,15 @@ checkpoints under ``checkpoints/`` (``latest`` names the newest tag) and ``model
 finished. The launchers add ``launch.json`` when a job fails. From these files a run is:
 
 - ``done``: ``model.pt`` exists;
-- ``failed``: ``launch.json`` records an error;
+- ``failed``: ``launch.json`` records an error, or ``diverged.json`` a non-finite loss;
 - ``incomplete``: it started (metrics or a checkpoint) but did not finish (killed, or still running);
 - ``missing``: nothing was written yet.
 
 ``python -m halotrans.launch.rundir --config X [--set k=v ...]`` prints ``--resume`` when the run
 that config describes has a checkpoint to resume from (and nothing otherwise); the SLURM scripts
-use it to restart a requeued job where it stopped. Config errors exit with status 2.
+use it to restart a requeued job where it stopped. Config errors exit with status 2; a run that
+diverged and would repeat with the same settings exits with status 3 before any rank starts
+(:mod:`halotrans.train.divergence`), so a requeued job does not train into the same failure.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from halotrans.io import atomic_path
+from halotrans.train import divergence
 
 STATUS_FILE = "launch.json"
 
@@ -91,6 +94,9 @@ def run_status(run_dir: str | Path) -> tuple[str, str]:
     run_dir = Path(run_dir)
     if (run_dir / "model.pt").is_file():
         return "done", ""
+    marker = divergence.read(run_dir)
+    if marker is not None:
+        return "failed", f"diverged: non-finite {marker.get('what', 'loss')} at step {marker.get('step')}"
     status = run_dir / STATUS_FILE
     if status.is_file():
         try:
@@ -112,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     add_config_arguments(parser)
 
     def report(args: argparse.Namespace) -> int:
-        run_dir = Path(config_from_args(args).train.out_dir)
+        cfg = config_from_args(args)
+        run_dir = Path(cfg.train.out_dir)
+        refusal = divergence.refusal(run_dir, cfg)
+        if refusal:
+            raise divergence.TrainingDiverged(refusal)
         resume = has_checkpoint(run_dir)
         state = "checkpoint found, resuming" if resume else "no checkpoint, starting fresh"
         print(f"[halotrans] run dir {run_dir}: {state}", file=sys.stderr)

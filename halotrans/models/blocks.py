@@ -3,13 +3,19 @@
 All blocks map (B, C, D, H, W) feature volumes. Normalisation is chosen by name:
 ``"instance"`` (the papers' choice), ``"batch"`` or ``"group"``.
 Every norm is followed by an in-place LeakyReLU(0.01), and convolutions feeding a norm have no bias.
+Blocks are built with zero padding; :func:`set_padding` makes every stride-1 'same' convolution of a
+network pad periodically instead (``model.padding: circular``, for samples that are whole periodic boxes).
+
+:class:`ResBlock` and :class:`ResUpBlock` are the residual blocks of MONAI's UNETR decoder
+(``UnetResBlock``, ``UnetrUpBlock``), for ``model.decoder: paper``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from halotrans.models import cpu_conv
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -34,56 +40,44 @@ def norm_act(kind: str, channels: int) -> nn.Sequential:
     return nn.Sequential(norm_layer(kind, channels), nn.LeakyReLU(0.01, inplace=True))
 
 
+#: the paddings of stride-1 'same' convolutions (``model.padding``)
+PADDINGS = ("zeros", "circular")
+#: the decoders of vipr and copra (``model.decoder``): MONAI's full-resolution blocks, or ours
+DECODERS = ("paper", "light")
+
+
 class Conv3d(nn.Conv3d):
-    """Bias-free stride-1 'same' Conv3d that picks the fast CPU kernels for our shapes (same result).
+    """Bias-free stride-1 'same' Conv3d, zero-padded or, with ``padding_mode="circular"``, periodic.
+    On the CPU it runs through the measured fast kernel choices of :mod:`halotrans.models.cpu_conv`
+    (same result) unless that switch is off; elsewhere it is plain (periodic: ``cpu_conv.periodic_conv3d``)."""
 
-    On CPU (float32, no autocast, kernel at most 3 wide), measured on the 2-core test machine:
-
-    - PyTorch sends a batch-1 convolution with C·D·H ≤ 20480 (e.g. 56 channels at 16³, 224 at 8³)
-      to its im2col ``slow_conv3d`` kernel, 2× slower forward and backward than oneDNN: such inputs
-      are cut in two halves along D, each with a halo of ``k // 2`` voxels, and run as a batch of two;
-    - on volumes of 32³ voxels or more, oneDNN is 1.3-1.7× faster (forward + backward) on
-      channels-last tensors than on the default layout at 14-28 channels: see :class:`_ChannelsLastConv`.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding_mode: str = "zeros"):
+        if padding_mode not in PADDINGS:
+            raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding_mode!r}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False,
+                         padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        k = self.kernel_size[0]
-        if x.device.type != "cpu" or x.dtype != torch.float32 or k > 3 or torch.is_autocast_enabled("cpu"):
-            return super().forward(x)
-        if b == 1 and c * d * h <= 20480 and d % 2 == 0:
-            p = k // 2
-            padded = F.pad(x, (p,) * 6)
-            halves = torch.cat([padded[:, :, : d // 2 + 2 * p], padded[:, :, d // 2:]], dim=0)
-            y = F.conv3d(halves, self.weight)
-            return torch.cat([y[:1], y[1:]], dim=2)
-        if d * h * w >= 32**3:
-            return _ChannelsLastConv.apply(x, self.weight, k // 2)
-        return super().forward(x)
+        circular = self.padding_mode == "circular"
+        y = cpu_conv.same_conv3d(x, self.weight, circular) if cpu_conv.applies(x, self.kernel_size[0]) else None
+        if y is None:
+            y = cpu_conv.periodic_conv3d(x, self.weight) if circular else super().forward(x)
+        return y
 
 
-class _ChannelsLastConv(torch.autograd.Function):
-    """Convolution of a channels-last copy of ``x``, output in the default layout. The copy is made
-    again in the backward pass instead of being stored: autograd keeps only ``x``, which the
-    activation before the convolution keeps anyway."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        return F.conv3d(x.contiguous(memory_format=torch.channels_last_3d), weight, padding=padding).contiguous()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, weight = ctx.saved_tensors
-        cl = torch.channels_last_3d
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad.contiguous(memory_format=cl), x.contiguous(memory_format=cl), weight, None, [1] * 3,
-            [ctx.padding] * 3, [1] * 3, False, [0] * 3, 1, [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-        return (grad_x.contiguous() if grad_x is not None else None), grad_w, None
+def set_padding(module: nn.Module, padding: str) -> nn.Module:
+    """Make every stride-1 'same' convolution inside ``module`` pad with ``zeros`` or periodically
+    (``circular``), in place; returns ``module``. Parameters and state-dict keys are unchanged.
+    A stride-1 convolution wider than 1³ that is not a :class:`Conv3d` is an error (it would keep its
+    own padding)."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
+    for name, conv in module.named_modules():
+        if isinstance(conv, Conv3d):
+            conv.padding_mode = padding
+        elif isinstance(conv, nn.Conv3d) and conv.stride == (1, 1, 1) and max(conv.kernel_size) > 1:
+            raise TypeError(f"{name}: {conv} is not a halotrans Conv3d and cannot switch its padding")
+    return module
 
 
 class ConvNormAct(nn.Sequential):
@@ -138,15 +132,49 @@ class FullResUpBlock(nn.Module):
 
 
 class PointwiseConv(nn.Conv3d):
-    """1³ Conv3d (the class head) computed as one batched matrix product over the flattened volume:
-    the same result, 1.7× faster forward + backward on CPU than the convolution kernel (14 -> 7
-    channels at 64³, with the loss)."""
+    """1³ Conv3d (the class head, residual projections) computed as one batched matrix product over
+    the flattened volume: the same result, 1.7× faster forward + backward on CPU than the convolution
+    kernel (14 -> 7 channels at 64³, with the loss)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(in_channels, out_channels, kernel_size=1)
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
         weight = self.weight.view(1, self.out_channels, c).expand(b, -1, -1)
-        out = torch.baddbmm(self.bias.view(1, -1, 1), weight, x.reshape(b, c, -1))
+        flat = x.reshape(b, c, -1)
+        out = torch.bmm(weight, flat) if self.bias is None else torch.baddbmm(self.bias.view(1, -1, 1), weight, flat)
         return out.view(b, self.out_channels, *x.shape[2:])
+
+
+class ResBlock(nn.Module):
+    """Residual block of MONAI's UNETR (``UnetResBlock``, stride 1): act(norm(conv(act(norm(conv(x))))) + r),
+    r = x, or norm(1³ conv(x)) where the width changes. (B, in_channels, n³) -> (B, out_channels, n³)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "instance"):
+        super().__init__()
+        self.convs = nn.Sequential(ConvNormAct(in_channels, out_channels, kernel_size, norm),
+                                   Conv3d(out_channels, out_channels, kernel_size), norm_layer(norm, out_channels))
+        self.residual = (nn.Identity() if in_channels == out_channels else
+                         nn.Sequential(PointwiseConv(in_channels, out_channels, bias=False),
+                                       norm_layer(norm, out_channels)))
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.convs(x) + self.residual(x))
+
+
+class ResUpBlock(nn.Module):
+    """Decoder stage of MONAI's UNETR (``UnetrUpBlock``): ×2 transposed conv of ``x`` (no norm),
+    concatenate ``skip``, then a :class:`ResBlock` 2W -> W over the concatenation, at full width.
+
+    ``x`` (B, in_channels, n³) and ``skip`` (B, out_channels, (2n)³) -> (B, out_channels, (2n)³).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "instance"):
+        super().__init__()
+        self.up = nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2, bias=False)
+        self.block = ResBlock(2 * out_channels, out_channels, kernel_size, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.block(torch.cat([self.up(x), skip], dim=1))

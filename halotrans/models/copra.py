@@ -27,8 +27,16 @@ almost all of it in 5³ convolutions on the up path, which MONAI runs on the con
   convolving a concatenation (:class:`~halotrans.models.blocks.FullResUpBlock`): at N³ a 5³ conv
   on the concatenation alone would cost as much as all other stages together.
 
-Result: ~3.4× less time per step than MONAI VNet at 64³ (single-thread CPU time), ~90k
-multiply-adds per voxel, half the parameters. ``benchmarks/bench_models.py`` measures it on all cores.
+Result: ~3.5× less time per step than MONAI VNet at 64³ (single-thread CPU time), almost all of it
+by doing less: ~99k multiply-adds per voxel against MONAI's 371k (per unit of work 0.95× MONAI's
+speed), half the parameters. ``benchmarks/bench_models.py`` measures it, with the work per voxel.
+
+That is ``decoder="light"``. ``decoder="paper"`` has MONAI VNet's up path: each up stage upsamples to
+W/2 channels, concatenates the W/2-channel skip and runs its residual stage over the concatenated W
+channels (W = 2× the skip's width, 2M at full resolution), and the output transition is a 5³ conv
+2M -> P, norm, act, then the 1×1 head. With ``feature_size=16`` (MONAI's fixed base width) and
+``kernel_size=5`` it does MONAI VNet's multiply-adds per voxel (:mod:`halotrans.models.macs`).
+``padding="circular"`` pads every 3³/5³ convolution periodically (whole periodic boxes).
 
     model = CoPRA(in_channels=2, n_classes=7)     # (B, 2, 64, 64, 64) -> (B, 7, 64, 64, 64)
 """
@@ -40,7 +48,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from halotrans.models.blocks import Conv3d, ConvNormAct, FullResUpBlock, PointwiseConv, norm_act, norm_layer
+from halotrans.models.blocks import (
+    DECODERS,
+    Conv3d,
+    ConvNormAct,
+    FullResUpBlock,
+    PointwiseConv,
+    norm_act,
+    norm_layer,
+    set_padding,
+)
+from halotrans.models.config import ModelConfig
+from halotrans.models.network import Network
 
 
 class ResidualStage(nn.Module):
@@ -80,7 +99,22 @@ class UpStage(nn.Module):
         return self.residual(self.reduce(torch.cat([self.up(x), skip], dim=1)))
 
 
-class CoPRA(nn.Module):
+class ConcatUpStage(nn.Module):
+    """MONAI VNet's up stage: 2³ transposed conv (in -> W/2) -> norm -> act, concatenate the skip (W/2),
+    residual stage of ``n_convs`` convs over the W concatenated channels (``decoder="paper"``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, n_convs: int, kernel_size: int, norm: str):
+        super().__init__()
+        half = out_channels // 2
+        self.up = nn.Sequential(nn.ConvTranspose3d(in_channels, half, kernel_size=2, stride=2, bias=False),
+                                *norm_act(norm, half))
+        self.residual = ResidualStage(out_channels, n_convs, kernel_size, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.residual(torch.cat([self.up(x), skip], dim=1))
+
+
+class CoPRA(nn.Module, Network):
     """V-Net for voxel-wise classification.
 
     Args:
@@ -89,17 +123,49 @@ class CoPRA(nn.Module):
         down_convs: convolutions of the stem and of each down stage (V-Net/MONAI: 1, 1, 2, 3, 2);
             there are ``len(down_convs) - 1`` halvings, so crop sides must be divisible by 2 to that power.
         up_convs: convolutions of each up stage below full resolution, deepest first (MONAI: 2, 2, 1);
-            the full-resolution stage is one conv (:class:`FullResUpBlock`).
-        kernel_size: conv kernel of the stages below full resolution (V-Net: 5).
+            the full-resolution stage is one conv (light: :class:`FullResUpBlock`; paper: a
+            :class:`ConcatUpStage` at 2M channels, as MONAI's).
+        kernel_size: conv kernel of the stages below full resolution (V-Net: 5), and of every paper up stage.
         norm: ``instance`` (paper), ``batch`` or ``group``.
+        decoder: ``light`` (up stages reduce the concatenation 2W -> W first; no convolved concatenation
+            at full resolution) or ``paper`` (MONAI VNet's up stages and output transition).
+        padding: ``zeros`` or ``circular`` (periodic) for every stride-1 'same' convolution.
 
     ``forward``: (B, in_channels, D, H, W) float -> logits (B, n_classes, D, H, W).
     """
 
+    slab_parallel = True  # halo exchange and synchronised instance norms (halotrans.parallel.halo)
+    #: halvings of the default V-Net (down stages 1, 1, 2, 3, 2)
+    HALVINGS = 4
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, n_classes: int,
+                    img_size: int | Sequence[int]) -> "CoPRA":
+        return cls(in_channels, n_classes, cfg.feature_size, kernel_size=cfg.kernel_size, norm=cfg.norm,
+                   decoder=cfg.decoder, padding=cfg.padding)
+
+    @classmethod
+    def input_multiple(cls, cfg: ModelConfig) -> tuple[int, int, int]:
+        return (2**cls.HALVINGS,) * 3
+
+    @classmethod
+    def slab_split_error(cls, cfg: ModelConfig, side: int, sp: int) -> str | None:
+        """Slabs must stay whole through every halving and be at least one convolution halo thick."""
+        unit, halo = sp * 2**cls.HALVINGS, cfg.kernel_size // 2
+        if side % unit:
+            return (f"axis 0 of {side} voxels does not split into {sp} slabs that halve {cls.HALVINGS} times "
+                    f"(needs a multiple of {unit}); change data.crop or train.sp")
+        if side // unit < halo:
+            return (f"slabs of {side // unit} rows at the coarsest level are thinner than the {halo}-row convolution "
+                    f"halo; use a larger data.crop or a smaller train.sp (at most {side // (2**cls.HALVINGS * halo)})")
+        return None
+
     def __init__(self, in_channels: int, n_classes: int, feature_size: int | None = None,
                  down_convs: Sequence[int] = (1, 1, 2, 3, 2), up_convs: Sequence[int] = (2, 2, 1),
-                 kernel_size: int = 5, norm: str = "instance"):
+                 kernel_size: int = 5, norm: str = "instance", decoder: str = "light", padding: str = "zeros"):
         super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {list(DECODERS)}, got {decoder!r}")
         if len(down_convs) < 2 or len(up_convs) != len(down_convs) - 2 or min(down_convs, default=1) < 1 \
                 or min(up_convs, default=1) < 1:
             raise ValueError(f"need >= 2 down stages, one up stage fewer than halvings and >= 1 conv each, "
@@ -113,10 +179,18 @@ class CoPRA(nn.Module):
             self.stem.append(ResidualStage(m, down_convs[0] - 1, kernel_size, norm))
         self.down = nn.ModuleList(DownStage(widths[j], down_convs[j + 1], kernel_size, norm)
                                   for j in range(self.n_levels))
-        self.up = nn.ModuleList(UpStage(widths[j + 1], n, kernel_size, norm)
-                                for j, n in zip(reversed(range(1, self.n_levels)), up_convs))
-        self.full_res = FullResUpBlock(widths[1], m, kernel_size=3, norm=norm)
-        self.head = PointwiseConv(m, n_classes)
+        if decoder == "paper":  # up stage to level j: in (16M at the bottom, else 2·width) -> 2·width of level j
+            self.up = nn.ModuleList(
+                ConcatUpStage(widths[j + 1] * (1 if j == self.n_levels - 1 else 2), 2 * widths[j], n, kernel_size, norm)
+                for j, n in zip(reversed(range(self.n_levels)), (*up_convs, 1)))
+            self.full_res = None
+            self.head = nn.Sequential(ConvNormAct(2 * m, n_classes, 5, norm), PointwiseConv(n_classes, n_classes))
+        else:
+            self.up = nn.ModuleList(UpStage(widths[j + 1], n, kernel_size, norm)
+                                    for j, n in zip(reversed(range(1, self.n_levels)), up_convs))
+            self.full_res = FullResUpBlock(widths[1], m, kernel_size=3, norm=norm)
+            self.head = PointwiseConv(m, n_classes)
+        set_padding(self, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 2**self.n_levels
@@ -127,6 +201,8 @@ class CoPRA(nn.Module):
         for down in self.down:                      # 2M @ N/2 ... 16M @ N/16
             skips.append(down(skips[-1]))
         y = skips.pop()
-        for up in self.up:                          # 8M @ N/8 ... 2M @ N/2
+        for up in self.up:                          # 8M @ N/8 ... 2M @ N/2 (paper: 16M @ N/8 ... 2M @ N)
             y = up(y, skips.pop())
-        return self.head(self.full_res(y, skips.pop()))
+        if self.full_res is not None:               # light: M @ N, the upsampled path added to the skip
+            y = self.full_res(y, skips.pop())
+        return self.head(y)

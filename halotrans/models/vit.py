@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from halotrans.models.config import ModelConfig
+from halotrans.models.network import Network, patch_triple
+
 
 def as_triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     """``16 -> (16, 16, 16)``; a 3-sequence is returned as a tuple of ints; anything else is a ValueError."""
@@ -133,7 +136,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ViT3D(nn.Module):
+class ViT3D(nn.Module, Network):
     """3D ViT encoder: patch embedding + position embedding + pre-norm blocks + final LayerNorm.
 
     Args:
@@ -149,6 +152,20 @@ class ViT3D(nn.Module):
 
     Geometry: ``grid_size`` (g0, g1, g2) patches per axis, ``num_patches`` L = g0*g1*g2.
     """
+
+    checkpointable = True  # model.activation_checkpointing recomputes each block
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, in_channels: int, n_classes: int,
+                    img_size: int | Sequence[int]) -> "ViT3D":
+        """The bare encoder (``model.name: vit``); ``n_classes`` is unused (no head)."""
+        return cls(in_channels, img_size, patch_triple(cfg), hidden_size=cfg.hidden_size, depth=cfg.depth,
+                   num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim, pos_embed=cfg.pos_embed, dropout=cfg.dropout,
+                   activation_checkpointing=cfg.activation_checkpointing)
+
+    @classmethod
+    def token_patch(cls, cfg: ModelConfig) -> tuple[int, int, int]:
+        return patch_triple(cfg)
 
     def __init__(self, in_channels: int, img_size: int | Sequence[int], patch_size: int | Sequence[int] = 16,
                  hidden_size: int = 512, depth: int = 12, num_heads: int = 8, mlp_dim: int = 2048,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from halotrans.config import ConfigError
+from halotrans.yaml_config import ConfigError
 
 
 @dataclass(frozen=True)

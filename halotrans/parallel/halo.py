@@ -9,8 +9,14 @@ sends the halo gradients back and adds them to the rows they came from, so the g
 sharded network is exact. Group (and instance) norm statistics are sums over the whole volume:
 :class:`SyncGroupNorm` all-reduces them over the group (two passes, as exact as one process).
 
+A convolution that pads periodically (``padding_mode="circular"``, ``model.padding: circular``) always
+wraps its halo around the ring, whatever ``periodic`` says: the slabs then equal the unsharded
+network, whose padding treats the volume as a periodic box. (Along axis 0 such a convolution also
+pads its halo-extended slab periodically; the rows computed from that padding are dropped.)
+
 Strided 2³ convolutions, 2³ transposed convolutions and 1×1 convolutions act on each slab alone
-when the slab boundaries fall on even rows, which :func:`check_slab_levels` verifies.
+when the slab boundaries fall on even rows, which
+:meth:`halotrans.models.copra.CoPRA.slab_split_error` verifies.
 
 Communication per halo exchange: 2·(k//2)·B·C·H·W values out of each rank (and the same back in
 the backward pass), independent of the number of ranks.
@@ -24,11 +30,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from halotrans.config import ConfigError
 from halotrans.parallel import traffic
+from halotrans.yaml_config import ConfigError
 
 
 def _neighbours(group: Any) -> tuple[int, int, int, int]:
@@ -166,7 +171,8 @@ def _halo_hooks(conv: nn.Conv3d, width: int, group: Any, periodic: bool) -> None
 def shard_convolutions(module: nn.Module, group: Any, periodic: bool = False) -> int:
     """Make every convolution and norm inside ``module`` act on slabs of ``group`` (in place).
 
-    Stride-1 'same' convolutions exchange halos, ``GroupNorm`` becomes :class:`SyncGroupNorm`;
+    Stride-1 'same' convolutions exchange halos (periodic ones always around the ring), ``GroupNorm``
+    becomes :class:`SyncGroupNorm`;
     strided convolutions with kernel = stride and no padding (and transposed ones) stay local.
     Anything else (batch norm, other strides/paddings) raises :class:`ConfigError`.
     Returns the largest halo width (rows).
@@ -188,21 +194,8 @@ def shard_convolutions(module: nn.Module, group: Any, periodic: bool = False) ->
             if s == 1 and k > 1:
                 if conv.padding[0] != k // 2 or conv.dilation[0] != 1 or k % 2 == 0:
                     raise ConfigError(f"cannot shard {conv}: needs an odd kernel with 'same' padding")
-                _halo_hooks(conv, k // 2, group, periodic)
+                _halo_hooks(conv, k // 2, group, periodic or conv.padding_mode == "circular")
                 widest = max(widest, k // 2)
             elif s != k or conv.padding[0] != 0:
                 raise ConfigError(f"cannot shard {conv}: strided convs need kernel = stride and no padding")
     return widest
-
-
-def check_slab_levels(depth: int, rows: int, slabs: int, halo: int, what: str) -> None:
-    """Raise :class:`ConfigError` unless ``rows`` (axis 0 of the crop) splits into ``slabs`` slabs
-    that stay whole through ``depth`` halvings and are at least ``halo`` rows thick at the coarsest one."""
-    if rows % (slabs * 2**depth):
-        raise ConfigError(f"{what}: axis 0 of {rows} voxels does not split into {slabs} slabs that halve "
-                          f"{depth} times (needs a multiple of {slabs * 2**depth}); change data.crop or train.sp")
-    if rows // (slabs * 2**depth) < halo:
-        raise ConfigError(f"{what}: slabs of {rows // (slabs * 2**depth)} rows at the coarsest level are thinner "
-                          f"than the {halo}-row convolution halo; use a larger data.crop or a smaller train.sp "
-                          f"(at most {rows // (2**depth * halo)})")
-

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from halotrans.models.registry import MODELS, build_model
+
 #: peak activation memory / stored activations (transient tensors of the backward pass), measured
 #: on CPU for vipr at 96³-128³ (1.54-1.56, benchmarks/bench_memory.py)
 WORKSPACE = 1.5
@@ -96,10 +98,9 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def _count_saved_bytes(model_cfg, in_channels: int, n_classes: int, bf16: bool) -> float:
-    from halotrans.models.build import build_model
 
-    patch = model_cfg.patch_size if isinstance(model_cfg.patch_size, int) else model_cfg.patch_size[0]
-    crop = 4 * patch if model_cfg.name in ("vipr", "vit", "monai_unetr") else 64
+    patch = MODELS.get(model_cfg.name).token_patch(model_cfg)
+    crop = 4 * patch[0] if patch else 64  # 4³ tokens, or 4 halvings' worth of a CNN
     dtype = torch.bfloat16 if bf16 else torch.float32
     with torch.device("meta"):
         model = build_model(model_cfg, in_channels, n_classes, crop).to(dtype)
@@ -117,7 +118,6 @@ def activation_bytes_per_voxel(model_cfg, in_channels: int, n_classes: int, bf16
 
 def parameter_count(model_cfg, in_channels: int, n_classes: int, crop: int) -> int:
     """Parameters of the network at ``crop`` (vipr's learnable position embedding grows with it)."""
-    from halotrans.models.build import build_model
 
     key = ("params", repr(model_cfg), in_channels, n_classes, crop)
     if key not in _CACHE:
@@ -142,15 +142,14 @@ def training_bytes(model_cfg, in_channels: int, n_classes: int, crop: int, lever
 
 
 def candidate_levers(model_cfg, crop: int, world: int, bf16: bool) -> list[Levers]:
-    """Lever sets in the order they are tried: checkpointing before sharding, sharding by powers of two
-    up to the ranks, the heads (Ulysses) and the patch rows of the crop (vipr)."""
-    heads = model_cfg.num_heads if model_cfg.name == "vipr" else world
-    patch = model_cfg.patch_size if isinstance(model_cfg.patch_size, int) else model_cfg.patch_size[0]
-    rows = crop // patch if model_cfg.name == "vipr" else crop // 32
+    """Lever sets in the order they are tried: checkpointing (networks that declare it) before sharding,
+    sharding by powers of two up to the ranks while the network's slabs split (``slab_split_error``:
+    heads and patch rows for vipr, halvings and halos for copra)."""
+    network = MODELS.get(model_cfg.name)
     out = []
     sp = 1
-    while sp <= world and sp <= heads and rows % sp == 0 and world % sp == 0:
-        for ckpt in ((False, True) if model_cfg.name == "vipr" else (False,)):
+    while sp <= world and world % sp == 0 and (sp == 1 or network.slab_split_error(model_cfg, crop, sp) is None):
+        for ckpt in ((False, True) if network.checkpointable else (False,)):
             out.append(Levers(bf16, ckpt, sp, 1))
         sp *= 2
     return out

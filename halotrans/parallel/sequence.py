@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from halotrans.config import ConfigError
 from halotrans.parallel import traffic
 from halotrans.parallel.groups import SequenceParallel
+from halotrans.yaml_config import ConfigError
 
 
 class _AllGather(torch.autograd.Function):

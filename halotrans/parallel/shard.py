@@ -25,32 +25,29 @@ from typing import Literal
 import torch
 from torch import nn
 
-from halotrans.config import ConfigError
+from halotrans.models.registry import MODELS
+from halotrans.models.vit import ViT3D
 from halotrans.parallel.groups import SequenceParallel
-from halotrans.parallel.halo import check_slab_levels, shard_convolutions
+from halotrans.parallel.halo import shard_convolutions
 from halotrans.parallel.sequence import shard_sequence, shard_slab_tokens
+from halotrans.yaml_config import ConfigError
 
 Mode = Literal["slab", "sequence"]
 
 
 def slab_parallel(model: nn.Module) -> bool:
-    """True for the networks that shard into slabs (vipr, copra)."""
-    from halotrans.models.copra import CoPRA
-    from halotrans.models.vipr import ViPR
-
-    return isinstance(model, (ViPR, CoPRA))
+    """True for the networks that declare they shard into slabs (vipr, copra: ``Network.slab_parallel``)."""
+    return bool(getattr(model, "slab_parallel", False))
 
 
 def sequence_parallel(task, model: nn.Module, sp: SequenceParallel) -> float:
     """Shard ``model`` (in place) for a training ``task`` → this rank's share of the task's loss.
 
     Slab models need a task that cuts its batches into slabs (``task.shard_slabs(sp)``, which also
-    checks the crop) and normalises each slab's loss by the group: share 1. Other models keep whole
-    outputs on every rank: share 1/sp.
+    checks the crop; the default hook refuses) and normalises each slab's loss by the group: share 1.
+    Other models keep whole outputs on every rank: share 1/sp.
     """
     if slab_parallel(model):
-        if not hasattr(task, "shard_slabs"):
-            raise ConfigError(f"train.task={task.name} cannot feed slabs to {type(model).__name__} (train.sp > 1)")
         task.shard_slabs(sp)
     mode = parallelize(model, sp)
     return 1.0 if mode == "slab" else 1.0 / sp.size
@@ -63,15 +60,12 @@ def parallelize(model: nn.Module, sp: SequenceParallel, periodic: bool = False) 
     of a crop whose outer faces are zero-padded. Returns ``"slab"`` (the model now maps this
     rank's slab to its logits) or ``"sequence"`` (whole inputs and outputs on every rank).
     """
-    from halotrans.models.vipr import ViPR
-    from halotrans.models.vit import ViT3D
-
+    vits = [m for m in model.modules() if isinstance(m, ViT3D)]
     if slab_parallel(model):
-        if isinstance(model, ViPR):
-            shard_slab_tokens(model.vit, sp)
+        for vit in vits:  # vipr: Ulysses attention over the slab's tokens
+            shard_slab_tokens(vit, sp)
         shard_convolutions(model, sp.group, periodic)
         return "slab"
-    vits = [m for m in model.modules() if isinstance(m, ViT3D)]
     if not vits:
         raise ConfigError(f"{type(model).__name__} has no sequence-parallel form (train.sp > 1 needs vipr, copra "
                           "or a model with the shared ViT)")
@@ -82,17 +76,11 @@ def parallelize(model: nn.Module, sp: SequenceParallel, periodic: bool = False) 
 
 def check_slab_config(model_cfg, crop: int, sp: int) -> None:
     """Raise :class:`ConfigError` unless a ``crop``³ crop splits into ``sp`` slabs that ``model_cfg``'s
-    network can run (whole patch rows per slab, slabs even through every halving, halos fit)."""
-    what = f"model.name={model_cfg.name}, data.crop={crop}, train.sp={sp}"
-    if model_cfg.name == "vipr":
-        patch = model_cfg.patch_size if isinstance(model_cfg.patch_size, int) else model_cfg.patch_size[0]
-        if (crop // patch) % sp:
-            raise ConfigError(f"{what}: {crop // patch} patch rows along axis 0 do not split into {sp} slabs of "
-                              "whole patches (tokens must divide by train.sp)")
-    elif model_cfg.name == "copra":
-        check_slab_levels(4, crop, sp, model_cfg.kernel_size // 2, what)
-    else:
-        raise ConfigError(f"{what}: train.sp > 1 shards vipr and copra crops (the MONAI peers have no sharded form)")
+    network can run (its ``slab_split_error``: whole patch rows per slab, slabs even through every
+    halving, halos fit)."""
+    error = MODELS.get(model_cfg.name).slab_split_error(model_cfg, crop, sp)
+    if error:
+        raise ConfigError(f"model.name={model_cfg.name}, data.crop={crop}, train.sp={sp}: {error}")
 
 
 def slab_of(t: torch.Tensor, sp: SequenceParallel, dim: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 import halotrans
-from halotrans.config import config_to_dict
 from halotrans.io import require_cubic
 from halotrans.sims.config import SimConfig
 from halotrans.sims.cosmology import Cosmology
@@ -27,6 +26,7 @@ from halotrans.sims.fof import friends_of_friends, member_counts
 from halotrans.sims.ics import linear_density, linear_density_k, lpt_displacements, lpt_particles, white_noise
 from halotrans.sims.labels import lagrangian_halo_id, lagrangian_halo_mass
 from halotrans.sims.pm import ParticleMesh, evolve, scale_factor_steps
+from halotrans.yaml_config import config_to_dict
 
 GRID_ORIGIN = "grid point (i,j,k)·L/N; particle index (i·N + j)·N + k"
 

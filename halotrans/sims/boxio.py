@@ -12,6 +12,8 @@ recorded in ``attrs['grid_origin']``):
   ``generator`` (JSON of every setting), ``particle_mass`` [M☉/h], ``code_version``, ``format_version``.
 
 Every write is atomic (:func:`halotrans.io.atomic_path`): a file under its final name is complete.
+Fields are finite: :func:`write_box` and :func:`update_box` refuse NaN/±Inf before writing, and
+:func:`load_box` refuses them on reading (:func:`halotrans.io.require_finite`, one pass per file).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from typing import Any, Iterable, Mapping
 import h5py
 import numpy as np
 
-from halotrans.io import DataError, atomic_path, require_cubic, require_datasets
+from halotrans.io import DataError, atomic_path, open_h5, require_cubic, require_datasets, require_finite
 
 FORMAT_VERSION = 1
 REQUIRED = ("delta", "halo_mass")
+#: what a reader adds to the message when a box holds NaN or ±Inf
+NON_FINITE_HINT = "the box is corrupt (or came from a failed run): regenerate or re-import it"
 
 
 def box_path(root: str | os.PathLike, seed: int) -> Path:
@@ -77,6 +81,7 @@ def write_box(
         if key not in attrs:
             raise DataError(f"box attrs must include '{key}'")
     path = Path(path)
+    _require_finite_fields(path, {"delta": delta, "halo_mass": halo_mass, **(extra or {})})
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("delta", data=np.asarray(delta, dtype=np.float32))
@@ -88,6 +93,12 @@ def write_box(
             for k, v in attrs.items():
                 f.attrs[k] = encode_attr(v)
     return path
+
+
+def _require_finite_fields(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """:class:`DataError` naming ``path`` and the dataset if an array to be written holds NaN or ±Inf."""
+    for name, arr in arrays.items():
+        require_finite(np.asarray(arr), f"{path}:/{name}", "refusing to write non-finite values; nothing written")
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -113,19 +124,16 @@ def is_complete(path: str | os.PathLike, required: Iterable[str] = REQUIRED,
 
 
 def load_box(path: str | os.PathLike, keys: Iterable[str] = REQUIRED) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read ``keys`` (dataset names) and attrs; clear :class:`DataError` on missing or malformed data."""
+    """Read ``keys`` (dataset names) and attrs; clear :class:`DataError` on missing, malformed or
+    non-finite data."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"box file not found: {path}")
     keys = list(keys)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
+    with open_h5(path, missing=f"box file not found: {path}") as f:
         require_datasets(f, keys, path)
         arrays = {k: f[k][...] for k in keys}
         attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
+    for k, a in arrays.items():
+        require_finite(a, f"{path}:/{k}", NON_FINITE_HINT)
     for k, a in arrays.items():
         if k.endswith("Tij"):
             require_cubic(a.shape[1:], f"{path}:/{k}[c]")
@@ -139,6 +147,7 @@ def update_box(path: str | os.PathLike, datasets: Mapping[str, np.ndarray], attr
     path = Path(path)
     if not path.is_file():
         raise DataError(f"box file not found: {path}")
+    _require_finite_fields(path, datasets)
     with atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:

@@ -21,6 +21,7 @@ Run directory layout (``cfg.train.out_dir``)::
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -31,12 +32,11 @@ import torch.distributed as dist
 from torch import nn
 
 from halotrans.config import Config, ConfigError, config_to_dict, load_config
-from halotrans.io import DataError, atomic_path
+from halotrans.io import DataError, atomic_path, write_failure
+from halotrans.train.registry import make_task
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.pt"
-#: config keys that fix the network and its data; a resumed run or an inference caller must agree
-MODEL_KEYS = ("train.task", "model", "data.inputs", "data.class_edges", "data.crop")
 
 
 def tag_for(step: int) -> str:
@@ -51,10 +51,21 @@ def latest_tag(run_dir: str | os.PathLike) -> str | None:
 
 def save(engine: Any, run_dir: Path, step: int, meta: dict, keep: int) -> str:
     """Every rank: write the engine state as tag ``step_<step>``; then point ``latest`` at it and
-    delete all but the newest ``keep`` tags (0 keeps all)."""
+    delete all but the newest ``keep`` tags (0 keeps all).
+
+    A full disk or a read-only run directory is a :class:`~halotrans.io.WriteError`: the partial tag
+    is removed and ``latest`` still names the last good checkpoint (none of which is deleted).
+    """
     ckpt_dir = run_dir / CHECKPOINT_DIR
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "meta": meta}, save_latest=False)
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "meta": meta}, save_latest=False)
+    except (OSError, RuntimeError) as e:
+        failure = write_failure(e, ckpt_dir / tag)
+        if failure is None:
+            raise
+        shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
+        raise failure from e
     if dist.get_rank() == 0:  # save_checkpoint ended with a barrier: every rank's files are complete
         with atomic_path(ckpt_dir / "latest") as tmp:
             tmp.write_text(tag)
@@ -63,6 +74,41 @@ def save(engine: Any, run_dir: Path, step: int, meta: dict, keep: int) -> str:
             shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     dist.barrier()
     return tag
+
+
+#: the best validation so far of a ``train.keep_best`` run: {"tag", "step", "val_loss", "evals_since"}
+BEST_FILE = "best.json"
+
+
+def read_best(run_dir: str | os.PathLike) -> dict | None:
+    """The best-validation record of a run (``best.json``), or None."""
+    p = Path(run_dir) / BEST_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def save_best(engine: Any, run_dir: Path, step: int, meta: dict, val_loss: float) -> None:
+    """Every rank: keep the engine state as tag ``best_<step>`` (``latest`` is not touched); rank 0 then
+    records it in ``best.json`` and deletes the older ``best_*`` tags."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    tag = f"best_{step:08d}"
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": step, "meta": meta}, save_latest=False)
+    if dist.get_rank() == 0:
+        write_best(run_dir, {"tag": tag, "step": step, "val_loss": val_loss, "evals_since": 0})
+        for old in ckpt_dir.glob("best_*"):
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def write_best(run_dir: Path, record: dict) -> None:
+    with atomic_path(Path(run_dir) / BEST_FILE) as tmp:
+        tmp.write_text(json.dumps(record))
+
+
+def final_tag(run_dir: str | os.PathLike, tag: str, keep_best: bool) -> str:
+    """The checkpoint ``model.pt`` is written from: the best validation's with ``keep_best``, else ``tag``."""
+    best = read_best(run_dir) if keep_best else None
+    return best["tag"] if best else tag
 
 
 def resume(engine: Any, run_dir: Path) -> int | None:
@@ -76,10 +122,11 @@ def resume(engine: Any, run_dir: Path) -> int | None:
     return int(client["step"])
 
 
-def check_same_model(saved: Config, cfg: Config, source: str) -> None:
-    """Raise :class:`ConfigError` if ``cfg`` differs from ``saved`` in a key of :data:`MODEL_KEYS`."""
+def check_same_model(saved: Config, cfg: Config, source: str, keys: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` if ``cfg`` differs from ``saved`` in ``train.task`` or one of ``keys``
+    (the task's ``model_keys``: dotted sections or keys that fix the network and its inputs)."""
     a, b = config_to_dict(saved), config_to_dict(cfg)
-    for key in MODEL_KEYS:
+    for key in ("train.task", *keys):
         va, vb = a, b
         for part in key.split("."):
             va, vb = va[part], vb[part]
@@ -119,9 +166,21 @@ def checkpoint_state(run_dir: str | os.PathLike, tag: str) -> tuple[dict[str, to
     return {k: v.detach().float() if v.is_floating_point() else v for k, v in weights.items()}, client
 
 
+def require_finite_weights(weights: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """:class:`DataError` naming ``where`` if any floating weight is NaN or ±Inf (a diverged run)."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in weights.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())}
+    if bad:
+        total = sum(v.numel() for v in weights.values() if v.is_floating_point())
+        names = ", ".join(list(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(f"{where}: {sum(bad.values())} of {total} weights are not finite (in {names}); the run "
+                        "diverged: use an earlier checkpoint (--tag step_...) or train again")
+
+
 def write_model(run_dir: Path, tag: str) -> Path:
-    """``model.pt`` = fp32 weights + meta of checkpoint ``tag`` (rank 0 only)."""
+    """``model.pt`` = fp32 weights + meta of checkpoint ``tag`` (rank 0 only; finite weights only)."""
     weights, client = checkpoint_state(run_dir, tag)
+    require_finite_weights(weights, run_dir / CHECKPOINT_DIR / tag)
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         torch.save({"state_dict": weights, "meta": {**client["meta"], "step": client["step"]}}, tmp)
     return run_dir / MODEL_FILE
@@ -133,10 +192,8 @@ def load_for_inference(run_dir: str | os.PathLike, tag: str | None = None, *, in
 
     Returns ``(model, cfg, meta)``. If ``inputs`` or ``class_edges`` are given and differ from the
     checkpoint's, raises :class:`ConfigError` instead of returning a network that reads the wrong
-    channels or predicts different classes.
+    channels or predicts different classes; weights holding NaN/±Inf are a :class:`DataError`.
     """
-    from halotrans.train.tasks import make_task
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DataError(f"{run_dir}: not a training run directory (no config.yaml)")
@@ -144,16 +201,20 @@ def load_for_inference(run_dir: str | os.PathLike, tag: str | None = None, *, in
     if tag is None and (run_dir / MODEL_FILE).is_file():
         blob = _load(run_dir / MODEL_FILE)
         weights, meta = blob["state_dict"], blob["meta"]
+        require_finite_weights(weights, run_dir / MODEL_FILE)
     else:
         tag = tag or latest_tag(run_dir)
         if tag is None:
             raise DataError(f"{run_dir}: no {MODEL_FILE} and no checkpoint yet")
         weights, client = checkpoint_state(run_dir, tag)
         meta = {**client["meta"], "step": client["step"]}
+        require_finite_weights(weights, run_dir / CHECKPOINT_DIR / tag)
     for key, want in (("inputs", inputs), ("class_edges", class_edges)):
         if want is not None and [float(v) if key == "class_edges" else v for v in want] != list(meta[key]):
             raise ConfigError(f"{run_dir}: the checkpoint was trained with {key} = {list(meta[key])}, "
                               f"but {list(want)} was asked for")
-    model = make_task(cfg).build_model()
+    task = make_task(cfg)
+    task.configure_from_meta(meta)
+    model = task.build_model()
     model.load_state_dict(weights)
     return model.eval(), cfg, meta

@@ -4,6 +4,10 @@ Trains the task named by ``train.task`` with DeepSpeed. Runs as one process (it 
 one), under ``torchrun --nproc_per_node R`` (CPU: gloo with DS_ACCELERATOR=cpu; GPUs: NCCL) or
 ``srun torchrun`` in a SLURM job. ``--resume`` continues from the latest checkpoint of
 ``train.out_dir`` (or starts afresh if there is none), reproducing the uninterrupted run.
+
+Exit status: 0 done (or time budget reached, with ``model.pt``); 2 bad input or config; 3 the loss or
+gradient norm became NaN/±Inf (the last good checkpoint is kept; a repeat with the same settings is
+refused, :mod:`halotrans.train.divergence`); 143 stopped by SIGTERM at a checkpoint (resume it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from halotrans.train.loop import train
-    from halotrans.train.tasks import make_task
+    from halotrans.train.registry import make_task
 
     cfg = config_from_args(args)
     result = train(cfg, make_task(cfg), resume=args.resume)

@@ -9,24 +9,17 @@ exceeded (at the same step on every rank), writes a final checkpoint and ``model
 leaves the process group. On SIGTERM (SLURM's pre-timeout signal, ``scancel``) it finishes the
 step, checkpoints and exits without ``model.pt``, so the requeued job resumes.
 
-A task is a small object with this protocol (see :class:`Task`; :mod:`halotrans.train.segment`
-is the reference implementation):
+Divergence: the step's loss is all-reduced every step (one small collective, so every rank takes
+the same decision) and checked with the gradient norm (when DeepSpeed computes one: ZeRO >= 1 or
+bf16); the weights are checked before every checkpoint. At the first NaN/±Inf the run stops with
+:class:`~halotrans.train.divergence.TrainingDiverged` (exit status 3) naming the step and the last
+good checkpoint, which it keeps; nothing is written from those weights (no checkpoint, no
+``model.pt``, no metrics row), and ``diverged.json`` makes a repeat with the same settings refuse
+(:mod:`halotrans.train.divergence`).
 
-* ``name``, ``metric_names`` (validation metrics, logged as ``val_<name>``), ``micro_batch_size``;
-* ``setup(run_dir, resume)``: load data on every rank (collectives allowed, e.g.
-  :func:`halotrans.train.distributed.on_rank0` for work done once);
-* ``build_model()``: the ``nn.Module`` (fp32, on CPU; DeepSpeed moves and wraps it); it depends
-  on the config only and is called before ``setup`` (and by inference, without ``setup``);
-* ``train_batch(step, micro, rank)``: a deterministic function of its arguments (and the task's
-  seed), so a resumed run sees the same batches; tensors on CPU (the loop moves them); ``rank``
-  is the data-parallel rank (= the rank without sequence parallelism);
-* ``val_batches(rank, world_size)``: this DP rank's validation batches, the SAME number on every
-  rank (ZeRO-3 gathers parameters collectively in every forward);
-* ``loss(model, batch)`` → ``(loss, sums)``: runs the forward pass itself (JEPA needs several),
-  ``loss`` is the scalar to backpropagate, ``sums`` are additive tensors that
-  ``summarize(sums_over_all_ranks)`` turns into the validation metrics;
-* ``after_step(module, step)``: work after each optimizer step (JEPA's EMA target update);
-* ``meta()``: what inference needs to rebuild and feed the model (saved in every checkpoint).
+A task is a :class:`~halotrans.train.task.Task` (hooks and their defaults documented there; the
+registry :mod:`halotrans.train.registry` maps ``train.task`` to it; :mod:`halotrans.train.segment`
+is the reference implementation).
 
 Reproducibility: model init uses ``train.seed``; before each step torch's RNG is reseeded from
 (seed, step, DP rank), and batches depend only on (seed, step, micro, DP rank), so a resumed run
@@ -48,50 +41,36 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from halotrans.config import Config, ConfigError, load_config, save_config
 from halotrans.io import atomic_path
+from halotrans.parallel.distributed import all_reduce_sums, any_rank, device, init_distributed, shutdown
 from halotrans.parallel.groups import init_sequence_parallel
 from halotrans.parallel.shard import sequence_parallel
-from halotrans.train import checkpoint
-from halotrans.train.distributed import all_reduce_sums, any_rank, device, init_distributed, shutdown
+from halotrans.train import checkpoint, divergence
+from halotrans.train.divergence import TrainingDiverged
 from halotrans.train.ds_config import deepspeed_config
 from halotrans.train.logbook import MetricsLog
 from halotrans.train.optim import lr_at, param_groups
-
-
-class Task(Protocol):
-    """What the loop needs from a task (see the module docstring)."""
-
-    name: str
-    metric_names: tuple[str, ...]
-    micro_batch_size: int
-
-    def setup(self, run_dir: Path, resume: bool) -> None: ...
-    def build_model(self) -> nn.Module: ...
-    def train_batch(self, step: int, micro: int, rank: int) -> Any: ...
-    def val_batches(self, rank: int, world_size: int) -> Iterable[Any]: ...
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
-    def after_step(self, model: nn.Module, step: int) -> None: ...
-    def meta(self) -> dict: ...
+from halotrans.train.task import Task
 
 
 def train(cfg: Config, task: Task, resume: bool = False) -> dict:
     """Train ``task`` as configured → ``{"step", "loss", "val", "stopped", "run_dir"}``.
 
     ``stopped`` is None (all ``train.steps`` done), ``"time_budget"`` or ``"signal"`` (SIGTERM:
-    checkpointed but no ``model.pt``, the run is to be resumed).
+    checkpointed but no ``model.pt``, the run is to be resumed). A non-finite loss, gradient norm or
+    weights raise :class:`TrainingDiverged` (every rank, same step).
     """
     t_start = time.time()
     rank, world, _ = init_distributed()
@@ -113,7 +92,15 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
     if has_checkpoint and not resume:
         raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume, or set another train.out_dir")
     if has_checkpoint:
-        checkpoint.check_same_model(load_config(run_dir / "config.yaml"), cfg, str(run_dir / "config.yaml"))
+        checkpoint.check_same_model(load_config(run_dir / "config.yaml"), cfg, str(run_dir / "config.yaml"),
+                                    task.model_keys)
+    refusal = divergence.refusal(run_dir, cfg)
+    if refusal:
+        raise TrainingDiverged(refusal)
+    diverged_before = divergence.read(run_dir)
+    if rank == 0 and diverged_before:
+        print(f"[halotrans] {run_dir} diverged at step {diverged_before.get('step')} before; trying again with "
+              f"changed settings: {'; '.join(divergence.changed(diverged_before, cfg))}", flush=True)
 
     # --- data, model, engine -------------------------------------------------------------------
     torch.manual_seed(tc.seed)
@@ -122,6 +109,7 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
     # DeepSpeed sums gradients over the SP ranks under ZeRO 0-2 but averages them under ZeRO-3 (measured)
     grad_scale = share * (tc.sp if sp and tc.zero_stage == 3 else 1)
     task.setup(run_dir, resume)
+    task.prepare_model(model)  # data-dependent initialisation (input statistics), before DeepSpeed wraps it
     ds_cfg = deepspeed_config(tc, task.micro_batch_size)
     if rank == 0:
         save_config(cfg, run_dir / "config.yaml")
@@ -166,8 +154,11 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
         row = validate()
         if log:
             log.write(0, row)
+    best = checkpoint.read_best(run_dir) if tc.keep_best and start is not None else None  # train.keep_best
+    out_of_patience = False
     bar = tqdm(total=tc.steps, initial=step, desc=f"train {task.name}", disable=rank != 0, dynamic_ncols=True)
     stopped = None
+    diverged: str | None = None  # what became non-finite
     with _sigterm_flag() as sigterm:
         while step < tc.steps:
             t_step = time.time()
@@ -185,14 +176,32 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
             step += 1
             step_times.append(time.time() - t_step)
 
+            # every step, on every rank alike: the summed loss is non-finite if any rank's is
+            grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed does not compute it (ZeRO-0 fp32)
+            grad_norm = None if grad_norm is None else float(grad_norm)
+            sums = all_reduce_sums({"loss": step_loss.item(),
+                                    "bad_grad": float(grad_norm is not None and not math.isfinite(grad_norm))})
+            step_loss_mean = sums["loss"] / dp_size
+            if not math.isfinite(step_loss_mean) or sums["bad_grad"]:
+                diverged = (f"loss ({step_loss_mean})" if not math.isfinite(step_loss_mean)
+                            else f"gradient norm ({grad_norm})")
+                break
+
             row = {}
             if step % tc.log_every == 0 or step == tc.steps:
-                grad_norm = engine.get_global_grad_norm()
-                row = {"lr": lr, "loss": all_reduce_sums({"loss": step_loss.item()})["loss"] / dp_size,
-                       "grad_norm": None if grad_norm is None else float(grad_norm), "time_s": time.time() - t0}
+                row = {"lr": lr, "loss": step_loss_mean, "grad_norm": grad_norm, "time_s": time.time() - t0}
                 bar.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}")
             if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
                 row.update(validate())
+                if tc.keep_best and math.isfinite(row.get("val_loss", math.nan)):
+                    if best is None or row["val_loss"] < best["val_loss"]:
+                        checkpoint.save_best(engine, run_dir, step, task.meta(), row["val_loss"])
+                        best = {"tag": f"best_{step:08d}", "step": step, "val_loss": row["val_loss"], "evals_since": 0}
+                    else:
+                        best["evals_since"] += 1
+                        if rank == 0:
+                            checkpoint.write_best(run_dir, best)
+                        out_of_patience = bool(tc.patience) and best["evals_since"] >= tc.patience
             if log and row:
                 log.write(step, row)
             bar.update(1)
@@ -202,18 +211,24 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
             over_budget = (tc.time_budget_s is not None and time.time() - t_start + 2 * float(np.mean(step_times[-10:]))
                            + checkpoint_s > tc.time_budget_s)
             by_signal, by_budget = any_rank(bool(sigterm), over_budget)
-            stopped = "signal" if by_signal else "time_budget" if by_budget else None
+            stopped = "signal" if by_signal else "time_budget" if by_budget else "patience" if out_of_patience else None
             if step % tc.checkpoint_every == 0 or step == tc.steps or stopped:
                 t_save = time.time()
+                if any_rank(not _weights_finite(engine))[0]:  # never a checkpoint from non-finite weights
+                    diverged = "weights"
+                    break
                 checkpoint.save(engine, run_dir, step, task.meta(), tc.keep_checkpoints)
                 checkpoint_s = time.time() - t_save
             if stopped:
                 break
     bar.close()
+    if diverged:
+        _stop_diverged(cfg, run_dir, rank, step, diverged, log)
 
     if rank == 0 and stopped != "signal":  # a signalled run is not finished: it will be resumed
-        path = checkpoint.write_model(run_dir, checkpoint.tag_for(step))
-        print(f"[halotrans] step {step}: wrote {path}" + (" (time budget reached)" if stopped else ""), flush=True)
+        path = checkpoint.write_model(run_dir, checkpoint.final_tag(run_dir, checkpoint.tag_for(step), tc.keep_best))
+        divergence.clear(run_dir)  # an earlier divergence was overcome
+        print(f"[halotrans] step {step}: wrote {path}" + (f" ({stopped.replace('_', ' ')} reached)" if stopped else ""), flush=True)
     if rank == 0 and stopped == "signal":
         print(f"[halotrans] SIGTERM: stopped at step {step} with a checkpoint; continue with --resume", flush=True)
     if log:
@@ -221,6 +236,31 @@ def _train(cfg: Config, task: Task, resume: bool, rank: int, world: int, t_start
     torch.distributed.barrier()
     return {"step": step, "loss": row.get("loss"), "val": {k: v for k, v in row.items() if k.startswith("val_")},
             "stopped": stopped, "run_dir": str(run_dir)}
+
+
+def _weights_finite(engine: Any) -> bool:
+    """True if this rank's parameters (its ZeRO-3 shards) are all finite (one device sync)."""
+    tensors = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
+    flags = [torch.isfinite(t).all() for t in tensors if t.numel() and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _stop_diverged(cfg: Config, run_dir: Path, rank: int, step: int, what: str, log: MetricsLog | None) -> None:
+    """Every rank: record the divergence (rank 0) and raise :class:`TrainingDiverged` with the step and the
+    last good checkpoint; nothing is written from the non-finite state."""
+    last = checkpoint.latest_tag(run_dir)
+    last_path = str(run_dir / checkpoint.CHECKPOINT_DIR / last) if last else None
+    if log:
+        log.close()
+    if rank == 0:
+        divergence.mark(run_dir, cfg, step, what.split(" (")[0], last_path)
+    torch.distributed.barrier()
+    raise TrainingDiverged(
+        f"training diverged at step {step}: non-finite {what}; stopped without writing a checkpoint or "
+        f"{checkpoint.MODEL_FILE} from it. "
+        + (f"The last good checkpoint is {last_path} (kept)" if last_path else "No checkpoint was written before it")
+        + f". Lower train.lr (or raise train.warmup_steps, set train.grad_clip), then run again with --resume; "
+        f"{divergence.DIVERGED_FILE} in the run directory refuses a repeat with the same settings")
 
 
 @contextlib.contextmanager

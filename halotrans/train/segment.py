@@ -25,23 +25,26 @@ from halotrans.data.boxes import IGNORE_INDEX, BoxDataset, check_box_files
 from halotrans.data.config import split_seeds
 from halotrans.data.stats import class_weights, training_stats
 from halotrans.io import atomic_path
+from halotrans.models.registry import build_model
+from halotrans.parallel.distributed import on_rank0
 from halotrans.parallel.groups import SequenceParallel
 from halotrans.parallel.shard import check_slab_config, slab_of
 from halotrans.sims.boxio import box_path
-from halotrans.train.distributed import on_rank0
+from halotrans.train.task import Task
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 NORM_FILE = "norm_stats.json"
 
 
-class SegmentTask:
+class SegmentTask(Task):
     """Proto-halo segmentation with ``vipr``/``copra`` (or the MONAI peers) on periodic box crops."""
 
     name = "segment"
     metric_names = ("loss", "acc")
+    model_keys = ("model", "data.inputs", "data.class_edges", "data.crop")
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.in_channels = len(cfg.data.inputs)
         self.n_classes = cfg.data.n_classes
         self.micro_batch_size = cfg.data.batch_size
@@ -66,7 +69,7 @@ class SegmentTask:
         norm_file = run_dir / NORM_FILE
 
         def norm_stats() -> dict:
-            check_box_files(train_paths + val_paths, d.inputs)
+            check_box_files(train_paths + val_paths, d.inputs, labels=True)  # before stats.json is written
             if resume and norm_file.is_file():
                 return json.loads(norm_file.read_text())
             return training_stats(d.root, split_seeds(d.train_seeds))
@@ -81,8 +84,6 @@ class SegmentTask:
                 tmp.write_text(json.dumps(self.norm_stats, indent=1))
 
     def build_model(self) -> nn.Module:
-        from halotrans.models.build import build_model
-
         return build_model(self.cfg.model, self.in_channels, self.n_classes, self.cfg.data.crop)
 
     def train_batch(self, step: int, micro: int, rank: int) -> Batch:
@@ -110,9 +111,6 @@ class SegmentTask:
     @staticmethod
     def summarize(sums: dict[str, float]) -> dict[str, float]:
         return {"loss": sums["loss_sum"] / max(sums["weight"], 1e-12), "acc": sums["correct"] / max(sums["voxels"], 1)}
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        """Nothing to do after an optimizer step (JEPA updates its target encoder here)."""
 
     def meta(self) -> dict:
         d = self.cfg.data

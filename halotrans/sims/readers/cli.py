@@ -16,6 +16,7 @@ Bad files stop with one line naming the file and exit status 2; nothing is writt
 from __future__ import annotations
 
 import argparse
+import os
 
 from halotrans.cli import add_config_arguments, config_from_args
 
@@ -91,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.source == "pinocchio-params":
         path = pinocchio_run.write_run_files(cfg.sim, args.seed, args.out, args.run_flag)
-        print(f"wrote {path}; run: cd {args.out} && mpiexec -n 2 pinocchio.x parameter_file "
-              f"&& mpiexec -n 2 pinocchio.x parameter_file 2")
+        mpiexec = "mpiexec --allow-run-as-root" if os.geteuid() == 0 else "mpiexec"  # Open MPI refuses root
+        print(f"wrote {path}; run: cd {args.out} && {mpiexec} -n 2 pinocchio.x parameter_file "
+              f"&& {mpiexec} -n 2 pinocchio.x parameter_file 2")
         return 0
     if is_complete(args.out) and not args.overwrite:
         print(f"{args.out} exists, skipping (--overwrite to redo)")

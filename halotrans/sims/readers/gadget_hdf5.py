@@ -35,10 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from halotrans.io import DataError
-from halotrans.sims.readers.lagrangian import (
-    CHUNK, Divergence, LagrangianGrid, cic_overdensity, lagrangian_index,
-)
+from halotrans.io import DataError, open_h5
+from halotrans.sims.readers.lagrangian import CHUNK, Divergence, LagrangianGrid, cic_overdensity, lagrangian_index
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +73,11 @@ def numbered_files(path: str | os.PathLike, count_attr: str) -> list[Path]:
             files.append(Path(f"{base}.{len(files)}.hdf5"))
         if not files:
             raise DataError(f"{path}: the series must start with {base}.0.hdf5")
-    with _open(files[0]) as f:
+    with open_h5(files[0]) as f:
         want = int(np.ravel(_attr(f, "Header", count_attr, files[0]))[0])
     if len(files) != want:
         raise DataError(f"{files[0]}: Header/{count_attr} = {want} but {len(files)} file(s) found")
     return files
-
-
-def _open(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({e})") from None
 
 
 def _attr(f: h5py.File, group: str, name: str, path: Path):
@@ -130,13 +121,13 @@ class HDF5Snapshot:
         files = numbered_files(path, "NumFilesPerSnapshot")
         counts, others = [], 0
         for p in files:
-            with _open(p) as f:
+            with open_h5(p) as f:
                 this = np.asarray(_attr(f, "Header", "NumPart_ThisFile", p), np.int64)
                 counts.append(int(this[1]))
                 others += int(this.sum() - this[1])
                 if this[1] and "PartType1" not in f:
                     raise DataError(f"{p}: missing HDF5 group /PartType1 ({this[1]} particles announced)")
-        with _open(files[0]) as f:
+        with open_h5(files[0]) as f:
             total = np.asarray(_attr(f, "Header", "NumPart_Total", files[0]), np.int64)
             if "NumPart_Total_HighWord" in f["Header"].attrs:
                 total = total + (np.asarray(f["Header"].attrs["NumPart_Total_HighWord"], np.int64) << 32)
@@ -174,7 +165,7 @@ class HDF5Snapshot:
         for p, count in zip(self.files, self.counts):
             if count == 0:
                 continue
-            with _open(p) as f:
+            with open_h5(p) as f:
                 dsets = {name: _dataset(f, f"PartType1/{name}", p) for name in datasets}
                 for name, d in dsets.items():
                     if d.shape[0] != count:
@@ -243,7 +234,7 @@ def read_fof_tab(path: str | os.PathLike, snap: HDF5Snapshot) -> FoFGroups:
     files = numbered_files(path, "NumFiles")
     lengths, masses, offsets, total = [], [], [], None
     for p in files:
-        with _open(p) as f:
+        with open_h5(p) as f:
             ngroups = int(_scalar(_attr(f, "Header", "Ngroups_ThisFile", p)))
             this_total = int(_scalar(_attr(f, "Header", "Ngroups_Total", p)))
             if total is not None and this_total != total:

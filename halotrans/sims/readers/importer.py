@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from halotrans import __version__
-from halotrans.io import DataError
+from halotrans.io import DataError, require_finite
 from halotrans.sims.boxio import write_box
 from halotrans.sims.config import SimConfig
 from halotrans.sims.readers import gadget_hdf5, pinocchio
@@ -51,6 +51,14 @@ def growth_factor(cosmology: dict, z: float) -> float:
                      H0=cosmology.get("H0", 70.0), sigma8=0.8, ns=0.96, relspecies=False, persistence="",
                      print_warnings=False)
     return float(c.growthFactor(z))
+
+
+def _require_finite_fields(delta_source: str, labels_source: str, delta: np.ndarray, halo_mass: np.ndarray) -> None:
+    """:class:`DataError` naming the source file if the imported δ or halo masses hold NaN/±Inf."""
+    require_finite(delta, f"{delta_source}: /delta computed from this file",
+                   "its particle data hold NaN/±Inf (corrupt file or transfer); nothing written")
+    require_finite(halo_mass, f"{labels_source}: /halo_mass computed from this file",
+                   "its halo masses hold NaN/±Inf (corrupt file or transfer); nothing written")
 
 
 def _rescaled(delta: np.ndarray, cosmology: dict, z_from: float, z_to: float | None) -> tuple[np.ndarray, float]:
@@ -93,6 +101,8 @@ def import_pinocchio(run_dir: str | os.PathLike, out: str | os.PathLike, *, run_
         delta, z_delta = pinocchio.linear_delta(snap, "zeldovich", progress), snap.redshift
     delta, z_out = _rescaled(delta, cosmology, z_delta, z_init)
     halo_mass = halo_mass_grid(halo_id, halos["mass"])  # after the FFT buffers of δ are freed
+    _require_finite_fields(str(files.density if delta_source == "density" else files.timeless), str(cat_path),
+                           delta, halo_mass)
 
     generator = {
         "code": "pinocchio", "run_dir": str(Path(run_dir).resolve()), "run_flag": run_flag,
@@ -167,6 +177,7 @@ def import_gadget(snapshot: str | os.PathLike, ic: str | os.PathLike, out: str |
     cosmology = snap.cosmology or ics.cosmology
     delta, z_out = _rescaled(delta, cosmology, ics.redshift, z_init)
     halo_mass = halo_mass_grid(halo_id, masses)  # after the FFT buffers of δ are freed
+    _require_finite_fields(str(ics.files[0]), str(groups or snap.files[0]), delta, halo_mass)
 
     generator = {"code": "gadget-hdf5", "snapshot": [str(p) for p in snap.files], "ic": [str(p) for p in ics.files],
                  "groups": str(groups) if groups else f"per-particle {group_ids}", "id_offset": id_offset,

@@ -59,7 +59,8 @@ def lagrangian_index(ids: np.ndarray, n: int, id_offset: int, where: str = "") -
 
 
 class LagrangianGrid:
-    """An (N,N,N) grid written particle by particle, each voxel exactly once.
+    """An (N,N,N) grid written particle by particle, each voxel exactly once; floating values must be
+    finite (NaN/±Inf particle data is a :class:`DataError` at :meth:`finish`, counted as they come).
 
     ``grid = LagrangianGrid(n, np.int32, fill=-2); grid.put(idx, values); arr = grid.finish(where)``
     """
@@ -70,8 +71,12 @@ class LagrangianGrid:
         self.values = np.full((n, n, n), fill, dtype=dtype)
         self._flat = self.values.reshape(-1)
         self.count = 0
+        self.non_finite = 0
 
     def put(self, idx: np.ndarray, values) -> None:
+        values = np.asarray(values)
+        if np.issubdtype(values.dtype, np.inexact):
+            self.non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
         self._flat[idx] = values
         self.count += len(idx)
 
@@ -80,6 +85,9 @@ class LagrangianGrid:
         n3 = self.n**3
         if self.count != n3:
             raise DataError(f"{where}: read {self.count} particles, a {self.n}³ grid needs {n3}")
+        if self.non_finite:
+            raise DataError(f"{where}: {self.non_finite} of {n3} particle values (positions, displacements or "
+                            "densities) are not finite (NaN/±Inf): the file is corrupt; nothing written")
         isnan = np.issubdtype(self.values.dtype, np.floating) and np.isnan(self.fill)
         for x in range(self.n):  # slab by slab: no N³ temporary
             slab = self.values[x]

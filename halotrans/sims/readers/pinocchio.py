@@ -20,7 +20,15 @@ A halo's name is the 0-based index (i·N + j)·N + k of its peak particle. Names
 apart from "uncollapsed"/"filament" in ``GRUP`` (probability 2/N³ per halo): such halos are dropped
 with a warning. Halos below the catalogue's ``MinHaloMass`` are not in the catalogue; their particles,
 and halos below a requested ``min_particles``, are labelled "no halo" (−1 / 0 in ``halo_mass``).
-Halo mass = particle count × particle mass (M☉/h, from the snapshot header).
+Halo mass = particle count × particle mass (M☉/h, from the snapshot header), the count taken from
+the catalogue, not from ``GRUP``. On one MPI rank the two agree exactly. On several ranks each task
+fragments its own domain plus a boundary layer: the catalogue lists a halo with the count of the task
+that owns its peak, but each particle's ``GRUP`` entry comes from the task owning that particle, so
+halos next to a domain border can have a different number of ``GRUP`` particles (64³ on 2 ranks:
+21 of 626 halos, every one touching a border plane). The catalogue is the right source: for 19 of
+those 21 halos its count equals a 1-rank run's on the same initial conditions, ``GRUP``'s for 1.
+``GRUP`` still gives membership (which voxels carry the halo's label); ``stats["count_mismatches"]``
+reports the disagreement. Halo ids are int32 in ``GRUP``: grids with N³ ≥ 2³¹ are refused.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from halotrans.sims.readers.lagrangian import Divergence, LagrangianGrid, chunks
 log = logging.getLogger(__name__)
 
 ID_OFFSET = 1
+MAX_PARTICLES = 2**31  # GRUP halo ids are int32 peak-particle indices
 FILAMENT = 1  # GRUP values: 0 uncollapsed, 1 filament, larger: the catalogue name of a halo
 
 
@@ -255,11 +264,15 @@ def halo_labels(snap: Snapshot, cat: Catalog, min_particles: int = 1, progress: 
     """Lagrangian halo labels from ``GRUP`` and the catalogue.
 
     Returns ``halo_id`` int32 (N,N,N) (index into the kept halos, −1 none), ``halos`` (dict of
-    ``name``, ``npart``, ``mass`` [M☉/h] of the kept halos, catalogue order) and ``stats``.
+    ``name``, ``npart``, ``mass`` [M☉/h] of the kept halos, catalogue order; counts and masses from
+    the catalogue, see the module notes on MPI domain borders) and ``stats``.
     """
     from tqdm import tqdm
 
     where = str(snap.parts[0].path)
+    if snap.n**3 >= MAX_PARTICLES:
+        raise DataError(f"{where}: {snap.n}³ particles ≥ 2³¹; GRUP stores halo ids (peak-particle indices) as "
+                        "int32, so they cannot be told apart at this size")
     npart = catalog_npart(cat, snap.particle_mass, snap.hubble, where)
     ambiguous = cat.name <= FILAMENT
     if ambiguous.any():
@@ -295,7 +308,9 @@ def halo_labels(snap: Snapshot, cat: Catalog, min_particles: int = 1, progress: 
                         "particle in GRUP: catalogue and snapshot are from different runs or redshifts")
     mismatch = int((check & (counts != npart)).sum())
     if mismatch:
-        log.warning("%s: %d halo(s) have a GRUP particle count different from the catalogue's", where, mismatch)
+        log.warning("%s: %d of %d halo(s) have a GRUP particle count different from the catalogue's (expected "
+                    "for halos at MPI domain borders of a multi-rank run; masses use the catalogue's counts)",
+                    where, mismatch, int(check.sum()))
     halos = {"name": cat.name[keep], "npart": npart[keep], "mass": npart[keep] * snap.particle_mass}
     stats = {"n_halos_catalogue": int(len(cat.name)), "n_halos_kept": int(keep.sum()),
              "min_particles": int(min_particles), "count_mismatches": mismatch,
