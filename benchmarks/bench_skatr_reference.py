@@ -388,6 +388,11 @@ def goal_checks_v1(frozen: dict, scratch: dict, npe: dict) -> list[dict]:
     return goals
 
 
+def _rejections(lc: dict) -> str:
+    """Why light cones were rejected, with counts ("tau: 424, x_hi: 82"), or "none"."""
+    return ", ".join(f"{k}: {v}" for k, v in lc["reasons"].items()) or "none"
+
+
 def _summary_markdown_v1(s: dict) -> str:
     """reference_skatr.md of the first reference (issue 9; the published 2026-12-04 run): data set,
     timings, the comparison table per parameter, goals."""
@@ -395,10 +400,10 @@ def _summary_markdown_v1(s: dict) -> str:
     lc = s["lightcones"]
     t = s["timing"]
     lines = [f"# SKATR reference at CPU scale ({s['date']})", "",
-             f"Machine: {s['machine']}. Command: `{s['command']}` ({s['seconds'] / 60:.0f} min this invocation).", "",
+             harness.run_line(s), "",
              f"Light cones: `{lc['path']}`, {lc['accepted']} accepted of shape {tuple(lc['shape'])} "
              f"(after the line-of-sight crop at load time), {lc['rejected']} rejected "
-             f"({', '.join(f'{k}: {v}' for k, v in lc['reasons'].items()) or 'none'}); splits "
+             f"({_rejections(lc)}); splits "
              f"{s['splits']} (train/val/test light cones).", "",
              f"Wall-clock: JEPA pretraining {t['pretrain_s'] / 60:.1f} min ({s['pretrain']['steps']} steps), "
              f"summaries {t['summaries_s']:.0f} s, regression head {t['head_s']:.0f} s, NPE flow {t['npe_s']:.0f} s; "
@@ -511,9 +516,9 @@ def _markdown_v2(s: dict) -> str:
     npe = s["npe"]["metrics"]
     pre = s["pretrain"]
     lines = [f"# SKATR reference at CPU scale, v2 ({s['date']})", "",
-             f"Machine: {s['machine']}. Command: `{s['command']}` ({s['seconds'] / 60:.0f} min this invocation).", "",
+             harness.run_line(s), "",
              f"Labelled light cones: `{lc['path']}`, {lc['accepted']} accepted of shape {tuple(lc['shape'])}, "
-             f"{lc['rejected']} rejected ({', '.join(f'{k}: {v}' for k, v in lc['reasons'].items()) or 'none'}); "
+             f"{lc['rejected']} rejected ({_rejections(lc)}); "
              f"splits {s['splits']} (train/val/test). Unlabelled pool: `{pool['path']}`, {pool['accepted']} accepted "
              f"({pool['rejected']} rejected); JEPA trained on {pre['light_cones']} light cones and never read a "
              "parameter of the pool.", "",

@@ -382,6 +382,12 @@ def run_header(command: str, overrides: Sequence[str], quick: bool, t_start: flo
             "seconds": time.time() - t_start}
 
 
+def run_line(summary: dict) -> str:
+    """The Markdown line of a summary's :func:`run_header`: machine, command, minutes of this invocation."""
+    return (f"Machine: {summary['machine']}. Command: `{summary['command']}` "
+            f"({summary['seconds'] / 60:.0f} min this invocation).")
+
+
 def update_results_block(path: Path, block: str, text: str) -> None:
     """Replace what lies between ``<!-- reference:<block>:begin -->`` and ``...:end -->`` in ``path`` (atomically)."""
     begin, end = f"<!-- reference:{block}:begin -->", f"<!-- reference:{block}:end -->"
