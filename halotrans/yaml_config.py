@@ -66,6 +66,18 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one mapping of dotted keys to leaves: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
 def _set_dotted(d: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     for p in parts[:-1]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from halotrans.io import atomic_path
 from halotrans.train import divergence
+from halotrans.yaml_config import flatten
 
 STATUS_FILE = "launch.json"
 
@@ -75,18 +76,14 @@ def final_metrics(run_dir: str | Path) -> dict[str, Any]:
             data = json.loads(report.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        out.update({f"eval.{k}": v for k, v in _flatten(data).items()})
+        out.update({f"eval.{k}": v for k, v in _numbers(data).items()})
     return out
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d):
-        out[prefix.rstrip(".")] = float(d)
-    return out
+def _numbers(d: Any) -> dict[str, float]:
+    """The finite numbers of a nested report, by dotted key (none if it is not a mapping)."""
+    return {k: float(v) for k, v in (flatten(d) if isinstance(d, dict) else {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 def run_status(run_dir: str | Path) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from halotrans.io import atomic_path
-from halotrans.yaml_config import config_to_dict
+from halotrans.yaml_config import config_to_dict, flatten
 
 DIVERGED_FILE = "diverged.json"
 #: exit status of ``train`` that stopped on a non-finite loss or gradient norm, or that refuses to
@@ -41,20 +41,9 @@ class TrainingDiverged(RuntimeError):
     exit_status = EXIT_DIVERGED
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{key}."))
-        else:
-            out[key] = v
-    return out
-
-
 def _trajectory(cfg_dict: dict) -> dict[str, Any]:
     """The settings that fix the training trajectory, flat and JSON-normalised."""
-    flat = json.loads(json.dumps(_flat(cfg_dict)))
+    flat = json.loads(json.dumps(flatten(cfg_dict)))
     return {k: v for k, v in flat.items()
             if not any(k == p or k.startswith(p + ".") for p in NOT_TRAJECTORY)}
 
