@@ -3,8 +3,9 @@
     python -m halotrans.benchmark features            # ~20 min on 2 cores (+3 min if the boxes are new)
     python -m halotrans.benchmark features --quick    # 6 boxes, 20 s per run: a smoke run
 
-The segmentation reference recipe (configs/reference/{vipr,copra}.yaml, the boxes of
-``data/reference/boxes``, seeds 0-15 train, 16-17 validation, 18-19 test) with ``data.inputs`` set
+The segmentation reference recipe (configs/reference/{vipr,copra}.yaml: whole periodic 64³ boxes of
+``data/reference/boxes``, seeds 0-127 train, 128-135 validation, PINOCCHIO-IC test boxes 1000-1007,
+made by ``reference_data.stage_boxes``; the reference run itself has vipr on δ, T, δ+T) with ``data.inputs`` set
 to each input set and a shorter wall-clock budget per run (:data:`BUDGET_S`, ``--set
 train.time_budget_s=...``): six runs planned and trained alike (``harness.stage_train``:
 the timing probe of each network plans its schedule; a killed run resumes with the budget it has
@@ -29,6 +30,7 @@ from halotrans.config import Config, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py next to this file
 import harness  # noqa: E402
+import reference_data  # noqa: E402
 from harness import class_aucs, mass_errors  # noqa: E402
 
 CONFIG_DIR = REPO / "configs" / "reference"
@@ -132,7 +134,7 @@ def features(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = T
     cfgs = run_configs(overrides, work)
     files = harness.write_configs(cfgs, {name: Path(cfg.train.out_dir).name for name, cfg in cfgs.items()}, work)
     first_name, first = next(iter(cfgs.items()))
-    harness.stage_boxes(first, files[first_name])
+    reference_data.stage_boxes(first, files[first_name])
 
     probes: dict[str, float] = {}
 

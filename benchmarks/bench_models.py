@@ -61,6 +61,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py next to this file
+from harness import dense_peak  # noqa: E402
+
 MEMORY_LIMIT = 8e10  # bytes: one 80 GB accelerator
 #: network label -> (model.name, overrides of the paper configuration in :func:`build`)
 NETWORKS = {
@@ -112,39 +115,6 @@ def train_step(model, opt, x, y, cuda: bool):
         opt.step()
 
     return step
-
-
-def best_gflops(clock, device: str, fn, flops: float, repeats: int) -> float:
-    """GFLOP/s of the fastest of ``repeats`` calls of ``fn`` (after one warm-up), timed by ``clock``."""
-    import torch
-
-    best = math.inf
-    for _ in range(1 + repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = clock()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, clock() - t0)
-    return flops / best / 1e9
-
-
-def dense_peak(clock, device: str, repeats: int = 3) -> dict[str, float]:
-    """Measured peak GFLOP/s of this process's threads, timed by ``clock``: ``matmul``, a 2048² fp32
-    matmul (CUDA: 8192² bf16, the dtype the steps compute in); on the CPU also ``conv``, a 64 -> 64
-    channel 5³ fp32 convolution on 32³ voxels. The conv matters on AMD CPUs: PyTorch's matmul is MKL,
-    which runs its AVX2 path there, while oneDNN's convolutions use AVX-512 and run faster than it."""
-    import torch
-    import torch.nn.functional as F
-
-    if device == "cuda":
-        a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
-        return {"matmul": best_gflops(clock, device, lambda: a @ b, 2 * 8192**3, repeats)}
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    x, w = torch.randn(1, 64, 32, 32, 32), torch.randn(64, 64, 5, 5, 5)
-    return {"matmul": best_gflops(clock, device, lambda: a @ b, 2 * 2048**3, repeats),
-            "conv": best_gflops(clock, device, lambda: F.conv3d(x, w, padding=2), 2 * 64 * 64 * 125 * 32**3, repeats)}
 
 
 def measure(names: list[str], n: int, batch: int, steps: int, device: str, best: bool,

@@ -1,40 +1,45 @@
-"""Segmentation reference at CPU scale: vipr and copra against MONAI UNETR / VNet and a logistic regression.
+"""Segmentation reference v2 at CPU scale (issue 18): vipr and copra against MONAI UNETR / VNet, a
+logistic regression, PINOCCHIO, a no-skill control and a label-noise ceiling, on the same test voxels.
 
-    python -m halotrans.benchmark reference            # the reference run (~75 min on 2 cores)
-    python benchmarks/bench_reference.py --set train.time_budget_s=300 --work runs/reference_5min
-    python -m halotrans.benchmark reference --quick    # 6 boxes, 25 s per network: a smoke run
+    python -m halotrans.benchmark reference            # the reference run (~100 min on 2 cores once its data exist)
+    python benchmarks/bench_reference.py --set train.time_budget_s=120 --work runs/reference_2min
+    python -m halotrans.benchmark reference --quick    # 2+1+1 boxes, 20 s per run: a smoke run
 
 One command, resumable: every stage is skipped when its output is complete, so a killed run is
-continued by running the same command again.
+continued by running the same command again. Nothing is chosen on the test boxes.
 
-1. boxes: ``simulate`` + ``shear`` (configs/reference/base.yaml: configs/sims/box64.yaml, seeds
-   0-19: 0-15 train, 16-17 validation, 18-19 test) into ``data/reference/boxes``;
-2. the no-network baseline (:mod:`halotrans.eval.baseline`) fitted on the training boxes;
-3. ``train`` of vipr, copra, MONAI UNETR and MONAI VNet (configs/reference/<network>.yaml: one
-   base config, only ``model`` differs), each for the same wall-clock budget
-   (``train.time_budget_s``, set-up included). A short timing probe of each network sets
-   ``train.steps`` so that its warmup + cosine schedule ends at the budget; the plan and the
-   wall-clock of every training process are kept in ``<run>/budget.json``. A killed training run
-   resumes (``--resume``) with the budget it has left: a process's time counts up to its last
-   complete checkpoint (work after it is lost and redone);
-4. predictions on the validation and test boxes (periodic sliding windows, ``eval`` section),
-   cached per box;
-5. mass calibration (:mod:`halotrans.eval.calibration`): per model, one log-probability offset
-   per class fitted on the VALIDATION boxes so that the argmax labels reproduce their class masses,
-   applied to the test boxes, identically for every network and the baseline;
-6. one report (:func:`halotrans.eval.report.write_report`) of the five models on the test boxes,
-   the goal checks of issue 9, ``reference.md``/``reference.json``; the full run copies them to
-   ``benchmarks/reference/`` and rewrites the ``reference:segmentation`` block of
-   ``benchmarks/RESULTS.md``.
+1. data (:mod:`reference_data`): 128 training and 8 validation boxes (``configs/reference/base.yaml``:
+   ``sims/box64``), 8 PINOCCHIO-IC test boxes (``import pinocchio --nbody``), their converged
+   re-simulation (3× mesh, 80 steps: the label-noise ceiling), tidal shear and the physics channels
+   of every box, and shuffled-input copies (the control);
+2. the logistic-regression baseline fitted on the training boxes;
+3. training, every run for the same wall-clock budget (``train.time_budget_s``, set-up included; a
+   short timing probe plans ``train.steps`` so that the schedule ends at the budget), on whole
+   periodic 64³ boxes with circular padding, in phases:
+   a. vipr patch 16 and patch 8 (``decoder: paper``), copra ``paper`` and ``light``, MONAI UNETR,
+      MONAI VNet; the patch winner on validation, then vipr ``light`` at that patch; the decoder
+      winners on validation are the recommended vipr and copra;
+   b. on the recommended vipr recipe: the shuffled-input control, δ only and T only (the feature
+      study), the physics channels, an unweighted loss and twice the budget (issue 18, item 9);
+4. predictions of the validation and test boxes (one periodic 64³ window), cached per box;
+5. metrics on the test boxes: raw (argmax) first, with 68 % bootstrap intervals over the test boxes
+   (:mod:`halotrans.eval.bootstrap`), then mass-calibrated on the validation boxes as a second,
+   labelled column; PINOCCHIO's own labels; the default labels against the converged ones (ceiling);
+6. Grad-CAM per proto-halo on the recommended copra (:mod:`halotrans.eval.halo_cam`);
+7. the report (``reference.md``/``reference.json``, ``report.md`` and figures), copied to
+   ``benchmarks/reference/`` with the ``reference:segmentation`` block of ``benchmarks/RESULTS.md``.
 """
-
 
 from __future__ import annotations
 
+import csv
+import functools
+import re
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -43,267 +48,348 @@ from halotrans.config import Config, ConfigError, config_to_dict, load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py next to this file
 import harness  # noqa: E402
-from harness import BASELINE, PEERS, fmt, fmt_pct  # noqa: E402
+import reference_data  # noqa: E402
+import reference_report  # noqa: E402
+from harness import BASELINE  # noqa: E402
 
 CONFIG_DIR = REPO / "configs" / "reference"
-#: report name -> config file stem (= model.name)
-NETWORKS = {"vipr": "vipr", "copra": "copra", "MONAI UNETR": "monai_unetr", "MONAI VNet": "monai_vnet"}
-#: a run of its own (~75 min): `python -m halotrans.benchmark [--quick]` skips it unless named
+#: config file stem (= model.name) of each network; one recipe (base.yaml) for all of them
+STEMS = ("vipr", "copra", "monai_unetr", "monai_vnet")
+#: a run of its own (~100 min): `python -m halotrans.benchmark [--quick]` skips it unless named
 IN_DEFAULT = False
 WORK = REPO / "runs" / "reference"
 QUICK_WORK = REPO / "runs" / "reference_quick"
 PUBLISH = REPO / "benchmarks" / "reference"
 COMMAND = "python -m halotrans.benchmark reference"
-QUICK_SET = ("data.train_seeds=0-3", "data.val_seeds=4", "data.test_seeds=5", "train.time_budget_s=25",
-             "train.warmup_steps=5")
-#: goals of issue 9 for vipr on the test boxes
-MIN_AUC, MAX_MASS_ERROR = 0.95, 0.10
+QUICK_SET = ("data.train_seeds=0-1", "data.val_seeds=128", "data.test_seeds=1000", "train.time_budget_s=20",
+             "train.warmup_steps=2")
+PINOCCHIO, CONTROL, CEILING = "PINOCCHIO", "control (shuffled inputs)", "label-noise ceiling"
+#: the physics input channels of the item-9 option (smoothed δ on 4 scales, the collapse-time maximum)
+PHYSICS = ("delta", "T", "delta_R1", "delta_R2", "delta_R4", "delta_R8", "collapse_max")
+#: the timing probe: 12 real training steps, timed from step 4 (a 64³ step takes 0.5-3 s here); --quick: 4 from 2
+PROBE = functools.partial(harness.probe_step_seconds, steps=12, skip=4)
+QUICK_PROBE = functools.partial(harness.probe_step_seconds, steps=4, skip=2)
+N_EVALS = 6
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training run: a report name, its network config (``configs/reference/<stem>.yaml``) and
+    the overrides that make it what it is."""
+
+    name: str
+    stem: str
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        name = self.name.lower().replace("δ", "delta").replace("×", "x")
+        return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+
+    def plus(self, name: str, *extra: str) -> Arm:
+        return replace(self, name=name, overrides=(*self.overrides, *extra))
+
+
+#: vipr's decoder stages, one ViT block each: log2(patch) stages (UNETR: blocks 3, 6, 9, 12 at patch 16)
+SKIP_LAYERS = {16: "[3, 6, 9, 12]", 8: "[4, 8, 12]"}
+
+
+def vipr_arm(patch: int, decoder: str) -> Arm:
+    return Arm(f"vipr p{patch} {decoder}", "vipr", (f"model.patch_size=[{patch}]", f"model.skip_layers={SKIP_LAYERS[patch]}",
+                                                    f"model.decoder={decoder}"))
+
+
+def copra_arm(decoder: str) -> Arm:
+    return Arm(f"copra {decoder}", "copra", (f"model.decoder={decoder}",))
+
+
+PEER_ARMS = (Arm("MONAI UNETR", "monai_unetr"), Arm("MONAI VNet", "monai_vnet"))
 
 
 # --- configs -------------------------------------------------------------------------------------
 
-def recipe(cfg: Config) -> dict:
-    """Everything of a config but the network and where it trains: what the four runs must share."""
-    d = config_to_dict(cfg)
-    d.pop("model")
-    d["train"].pop("out_dir")
-    return d
+def check_one_recipe(overrides: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` if the four network configs differ in anything but ``model``."""
+    def recipe(stem: str) -> dict:
+        d = config_to_dict(load_config(CONFIG_DIR / f"{stem}.yaml", list(overrides)))
+        d.pop("model")
+        d["train"].pop("out_dir")
+        return d
 
-
-def network_configs(overrides: Sequence[str] = (), work: Path = WORK) -> dict[str, Config]:
-    """The four reference configs with ``overrides`` and ``train.out_dir = <work>/<network>``.
-
-    Raises :class:`ConfigError` if they differ in anything but ``model`` (one recipe for all).
-    """
-    cfgs = {name: load_config(CONFIG_DIR / f"{stem}.yaml", [*overrides, f"train.out_dir={work / stem}"])
-            for name, stem in NETWORKS.items()}
-    first_name, first = next(iter(cfgs.items()))
-    for name, cfg in cfgs.items():
-        if cfg.model.name != NETWORKS[name]:
-            raise ConfigError(f"{CONFIG_DIR / NETWORKS[name]}.yaml: model.name is {cfg.model.name}, "
-                              f"expected {NETWORKS[name]}")
-        a, b = recipe(first), recipe(cfg)
-        diff = sorted(f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k))
+    first = recipe(STEMS[0])
+    for stem in STEMS[1:]:
+        other = recipe(stem)
+        diff = sorted(f"{s}.{k}" for s in first for k in first[s] if first[s][k] != other[s].get(k))
         if diff:
-            raise ConfigError(f"{CONFIG_DIR / NETWORKS[name]}.yaml differs from {NETWORKS[first_name]}.yaml "
-                              f"outside `model`: {', '.join(diff)} (the reference trains every network alike)")
-    return cfgs
+            raise ConfigError(f"{CONFIG_DIR / stem}.yaml differs from {STEMS[0]}.yaml outside `model`: "
+                              f"{', '.join(diff)} (the reference trains every network alike)")
 
 
-# --- stages of its own (the shared ones are in harness.py) ----------------------------------------
+class Runs:
+    """The arms of one reference run: configs (saved under ``<work>/configs``), training, predictions."""
 
-def stage_baseline(cfg: Config, work: Path) -> Path:
-    """Fit the logistic-regression baseline on the training boxes (skipped if fitted on the same boxes)."""
-    from halotrans.eval.baseline import fit_baseline, load_baseline, save_baseline
+    def __init__(self, overrides: Sequence[str], work: Path, probe=PROBE):
+        self.overrides, self.work, self.probe = tuple(overrides), work, probe
+        self.cfgs: dict[str, Config] = {}
+        self.files: dict[str, Path] = {}
+        self.arms: dict[str, Arm] = {}
+        self.ledgers: dict[str, dict] = {}
 
-    path = work / "baseline" / "model.json"
-    train = [str(p) for p in harness.files_of(cfg, "train")]
-    edges = [float(e) for e in cfg.data.class_edges]
-    if path.is_file():
-        old = load_baseline(path)
-        if old.train_files == train and old.class_edges == edges:
-            print(f"baseline: {path} (fitted)", flush=True)
-            return path
-    t0 = time.perf_counter()
-    model = fit_baseline(train, edges)
-    save_baseline(model, path)
-    print(f"baseline: fitted on {len(train)} boxes ({model.n_voxels} voxels) in {time.perf_counter() - t0:.1f} s "
-          f"-> {path}", flush=True)
-    return path
+    def config(self, arm: Arm) -> Config:
+        if arm.name not in self.cfgs:
+            cfg = load_config(CONFIG_DIR / f"{arm.stem}.yaml",
+                              [*self.overrides, *arm.overrides, f"train.out_dir={self.work / arm.slug}"])
+            self.cfgs[arm.name], self.arms[arm.name] = cfg, arm
+            self.files.update(harness.write_configs({arm.name: cfg}, {arm.name: arm.slug}, self.work))
+        return self.cfgs[arm.name]
+
+    def train(self, arm: Arm) -> Path:
+        cfg = self.config(arm)
+        self.ledgers[arm.name] = harness.stage_train(arm.name, cfg, self.files[arm.name], probe=self.probe, n_evals=N_EVALS)
+        return Path(cfg.train.out_dir)
+
+    def files_of(self, name: str, split: str) -> list[Path]:
+        return harness.files_of(self.cfgs[name], split)
+
+    def predict(self, name: str, split: str) -> list[np.ndarray]:
+        run_dir = Path(self.cfgs[name].train.out_dir)
+        preds, _ = harness.stage_predict(name, run_dir, self.files_of(name, split), run_dir / "predictions")
+        return preds
 
 
-def class_table(cfg: Config) -> list[dict]:
-    """Per split: voxel fraction and number of halos of every class (the label distribution)."""
+# --- scoring -------------------------------------------------------------------------------------
+
+def stats_of(truths, preds, n_classes: int) -> list:
+    from halotrans.eval.bootstrap import box_stats
+
+    return [box_stats(t.labels, p, n_classes, t.voxel_mass) for t, p in zip(truths, preds)]
+
+
+def val_score(runs: Runs, name: str, truths, n_classes: int) -> dict:
+    """Validation metrics of one arm (raw argmax): the A/B decisions use ``mean_auc`` (over all classes)."""
+    from halotrans.eval.bootstrap import combine
+
+    m = combine(stats_of(truths, runs.predict(name, "val"), n_classes))
+    aucs = [p["auc"] for p in m["per_class"]]
+    return {"mean_auc": float(np.nanmean(aucs)), "auc": aucs, "accuracy": m["accuracy"],
+            "mass_rel_error": [p["mass_rel_error"] for p in m["per_class"][1:]]}
+
+
+def pick(scores: dict, a: str, b: str) -> str:
+    """The arm with the higher validation mean AUC (the first on a tie)."""
+    return a if scores[a]["mean_auc"] >= scores[b]["mean_auc"] else b
+
+
+def pinocchio_labels(files: Sequence[Path], edges: Sequence[float]) -> list[np.ndarray] | None:
+    """PINOCCHIO's own classes (N,N,N) of each PINOCCHIO-IC box, or None if the boxes have none."""
     import h5py
 
     from halotrans.data.boxes import mass_to_class
 
-    n_classes = cfg.data.n_classes
+    out = []
+    for f in files:
+        with h5py.File(f, "r") as h:
+            if "pinocchio/halo_mass" not in h:
+                return None
+            out.append(mass_to_class(h["pinocchio/halo_mass"][...], edges).astype(np.int64))
+    return out
+
+
+def val_times(run_dir: Path) -> list[tuple[float, float]]:
+    """(training-loop seconds, validation loss) of every validation in metrics.csv (set-up excluded):
+    a validation's time is interpolated between the logged steps around it (0 s at step 0)."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    logged = sorted({int(r["step"]): float(r["time_s"]) for r in rows if r.get("time_s")}.items())
+    steps, seconds = [0, *(s for s, _ in logged)], [0.0, *(x for _, x in logged)]
+    return [(float(np.interp(int(r["step"]), steps, seconds)), float(r["val_loss"])) for r in rows if r.get("val_loss")]
+
+
+def time_to_loss(run_dir: Path, target: float) -> float | None:
+    """Training-loop wall-clock (s) at the first validation with loss <= ``target``, or None."""
+    return next((t for t, loss in val_times(run_dir) if loss <= target), None)
+
+
+def macs_per_voxel(runs: Runs, n: int) -> dict[str, float]:
+    """Forward multiply-adds per output voxel of every arm's network at n³ (:mod:`halotrans.models.macs`)."""
+    import torch
+
+    from halotrans.models.macs import forward_macs_per_voxel
+    from halotrans.models.registry import build_model
+
+    out = {}
+    for name, cfg in runs.cfgs.items():
+        with torch.no_grad():
+            model = build_model(cfg.model, len(cfg.data.inputs), cfg.data.n_classes, cfg.data.crop)
+            out[name] = forward_macs_per_voxel(model, len(cfg.data.inputs), n)
+    return out
+
+
+def speed_rows(runs: Runs, pairs: dict[str, str], training: dict, n: int, peak: dict, macs: dict) -> list[dict]:
+    """Training throughput of each (ours, peer) pair: voxels/s, MACs/voxel, GFLOP/s, fraction of peak,
+    and time-to-accuracy (ours reaching the peer's final validation loss)."""
+    peak_gflops = max(peak.values())
+
+    def step_s(name: str) -> float:  # median logged s/step; the probe's when too few steps were logged
+        return training[name]["s_per_step"] or runs.ledgers[name]["probe_step_s"]
+
     rows = []
-    for split in ("train", "val", "test"):
-        vox, halos = np.zeros(n_classes, dtype=np.int64), np.zeros(n_classes, dtype=np.int64)
-        for path in harness.files_of(cfg, split):
-            with h5py.File(path, "r") as f:
-                m, hid = f["halo_mass"][...], f["halo_id"][...]
-            vox += np.bincount(mass_to_class(m, cfg.data.class_edges).ravel(), minlength=n_classes)
-            inside = hid >= 0
-            _, first = np.unique(hid[inside], return_index=True)
-            halos += np.bincount(mass_to_class(m[inside][first], cfg.data.class_edges), minlength=n_classes)
-        rows.append({"split": split, "boxes": getattr(cfg.data, f"{split}_seeds"),
-                     "voxel_fraction": (vox / max(vox.sum(), 1)).tolist(), "halos": halos.tolist()})
+    for ours, peer in pairs.items():
+        vox = {k: runs.cfgs[k].data.batch_size * n ** 3 / step_s(k) for k in (ours, peer)}
+        gf = {k: 6 * macs[k] * vox[k] / 1e9 for k in (ours, peer)}
+        peer_runs = val_times(Path(runs.cfgs[peer].train.out_dir))
+        peer_loss, peer_s = peer_runs[-1][1], peer_runs[-1][0]  # its final validation, at the end of its loop
+        reach = time_to_loss(Path(runs.cfgs[ours].train.out_dir), peer_loss)
+        rows.append({"ours": ours, "peer": peer, "macs": [macs[ours], macs[peer]], "voxels_per_s": [vox[ours], vox[peer]],
+                     "throughput_ratio": vox[ours] / vox[peer], "work_ratio": macs[ours] / macs[peer],
+                     "gflops": [gf[ours], gf[peer]], "peak_fraction": [gf[ours] / peak_gflops, gf[peer] / peak_gflops],
+                     "peer_final_val_loss": peer_loss, "ours_reach_s": reach, "peer_train_s": peer_s,
+                     "time_ratio": reach / peer_s if reach is not None else None,
+                     "ours_final_val_loss": training[ours]["val_loss"]})
     return rows
-
-
-# --- goals and summary ---------------------------------------------------------------------------
-
-def goal_checks(models: dict, n_classes: int) -> list[dict]:
-    """The goals of issue 9 on the calibrated test metrics: one dict per goal, with the margin."""
-
-    def aucs(m: str) -> list[float]:
-        return harness.class_aucs(models[m], n_classes)
-
-    def errs(m: str) -> list[float]:
-        return [abs(e) for e in harness.mass_errors(models[m], n_classes)]
-
-    checks = []
-    for ours, peer in PEERS.items():
-        if ours not in models or peer not in models:
-            continue
-        d_auc = [a - b for a, b in zip(aucs(ours), aucs(peer))]
-        checks.append({"goal": f"{ours} AUC > {peer} AUC, every class", "met": min(d_auc) > 0,
-                       "detail": "ΔAUC per class " + ", ".join(f"{v:+.4f}" for v in d_auc)})
-        d_err = [b - a for a, b in zip(errs(ours), errs(peer))]
-        checks.append({"goal": f"{ours} |ΔM/M| < {peer} |ΔM/M|, every halo class", "met": min(d_err) > 0,
-                       "detail": "peer minus ours, per halo class " + ", ".join(f"{100 * v:+.2f} pp" for v in d_err)})
-        if BASELINE in models:
-            d_base = [a - b for a, b in zip(aucs(ours), aucs(BASELINE))]
-            checks.append({"goal": f"{ours} AUC > {BASELINE} AUC, every class", "met": min(d_base) > 0,
-                           "detail": "ΔAUC per class " + ", ".join(f"{v:+.4f}" for v in d_base)})
-    if "vipr" in models:
-        a, e = aucs("vipr"), errs("vipr")
-        checks.append({"goal": f"vipr AUC >= {MIN_AUC} every class", "met": min(a) >= MIN_AUC,
-                       "detail": f"lowest {min(a):.4f} (class {int(np.argmin(a))})"
-                                 + ("" if min(a) >= MIN_AUC else f": {MIN_AUC - min(a):.4f} short")})
-        checks.append({"goal": f"vipr |ΔM/M| <= {MAX_MASS_ERROR:.0%} every halo class", "met": max(e) <= MAX_MASS_ERROR,
-                       "detail": f"largest {100 * max(e):.2f}% (class {1 + int(np.argmax(e))})"
-                                 + ("" if max(e) <= MAX_MASS_ERROR else f": {100 * (max(e) - MAX_MASS_ERROR):.2f} pp over")})
-    return checks
-
-
-def _model_table(models: dict, names: Sequence[str], last: str, cell: Callable[[str, dict], str]) -> list[str]:
-    """Accuracy, AUC per class and ΔM/M per halo class of every model, and a ``last`` column."""
-    k = len(names)
-    lines = ["| model | accuracy | " + " | ".join(f"AUC {n}" for n in names) + " | "
-             + " | ".join(f"ΔM/M {n}" for n in names[1:]) + f" | {last} |", "|---|---|" + "---|" * (2 * k)]
-    for name, m in models.items():
-        pc = m["per_class"]
-        lines.append(f"| {name} | {fmt(m['accuracy'])} | " + " | ".join(fmt(pc[c]["auc"]) for c in range(k)) + " | "
-                     + " | ".join(fmt_pct(pc[c]["mass_rel_error"]) for c in range(1, k)) + f" | {cell(name, m)} |")
-    return lines
-
-
-def summary_markdown(s: dict) -> str:
-    """``reference.md``: set-up, label distribution, training, the per-class table and the goals."""
-    names = s["class_names"]
-    k = len(names)
-    lines = [
-        "# Segmentation reference at CPU scale", "",
-        f"{s['date']}, {s['machine']}; command `{s['command']}`" + (" (quick: a smoke run)" if s["quick"] else "")
-        + f"; this invocation {s['seconds'] / 60:.1f} min (a rerun skips finished stages); training "
-        f"{_train_minutes(s):.0f} min in all (4 networks, every process).", "",
-        f"Boxes: {s['boxes']}. Inputs {', '.join(s['inputs'])}; classes {', '.join(names)} (log10 M [M☉/h]). "
-        f"Every network: crops {s['crop']}³, batch {s['batch_size']}, 48 cube symmetries, {s['class_weights']} class "
-        f"weights, cross-entropy, AdamW lr {s['lr']:g} (warmup {s['warmup_steps']}, cosine to {s['min_lr']:g} over "
-        f"its budget), fp32, {s['budget_s']:g} s wall-clock each; evaluation with periodic {s['window']}³ windows, "
-        f"overlap {s['overlap']}. Masses are calibrated on the validation boxes (one log-probability offset per "
-        "class, the same procedure for every model); uncalibrated numbers below.", "",
-        "## Label distribution (fraction of voxels; halos)", "",
-        "| split | boxes | " + " | ".join(names) + " |", "|---|---|" + "---|" * k,
-    ]
-    for r in s["class_table"]:
-        lines.append(f"| {r['split']} | {r['boxes']} | " + " | ".join(
-            f"{100 * v:.1f}%" + (f" ({h})" if c else "") for c, (v, h) in enumerate(zip(r["voxel_fraction"], r["halos"])))
-            + " |")
-    lines += ["", "## Training (same wall-clock budget)", "",
-              "| model | parameters | steps | s/step | training s (all processes) | val loss | val acc |",
-              "|---|---|---|---|---|---|---|"]
-    for name, t in s["training"].items():
-        lines.append(f"| {name} | {t['parameters'] / 1e6:.2f} M | {t['steps']} | {fmt(t['s_per_step'], '.3f')} | "
-                     f"{fmt(t['train_seconds'], '.0f')} | {fmt(t['val_loss'])} | {fmt(t['val_acc'])} |")
-    lines += ["", "## Test boxes (calibrated)", "",
-              *_model_table(s["models"], names, "surface Dice halo", lambda _, m: fmt(m["surface_dice_halo"], ".3f")),
-              "", "Uncalibrated (argmax of the network's own probabilities):", "",
-              *_model_table(s["uncalibrated"], names, "offsets b_k",
-                            lambda name, _: ", ".join(f"{b:+.2f}" for b in s["calibration"][name]))]
-    lines += ["", "## Goals (issue 9)", "", *harness.goal_lines(s["goals"])]
-    if s.get("notes"):
-        lines += ["", "## Notes", "", *s["notes"]]
-    lines += ["", "Full report: [report.md](report.md) (per class AUC, accuracy, precision, masses, surface Dice, "
-              "confusion matrices, halo-by-halo masses) with `roc.png`, `slices.png`, `confusion.png`, "
-              "`halo_masses.png`."]
-    return "\n".join(lines) + "\n"
-
-
-def _train_minutes(s: dict) -> float:
-    """Wall-clock minutes of training, summed over the networks and their processes (budget ledgers)."""
-    return sum(t["train_seconds"] for t in s["training"].values()) / 60
-
-
-def results_block(s: dict) -> str:
-    """The short table for ``benchmarks/RESULTS.md``."""
-    names, k = s["class_names"], len(s["class_names"])
-    lines = [f"{s['date']}, {s['machine']}, `{s['command']}` (training {_train_minutes(s):.0f} min in all, "
-             f"{s['budget_s']:g} s of training per network; report: `benchmarks/reference/`).", "",
-             "| model | steps | min AUC | AUC per class (" + ", ".join(names) + ") | max abs(ΔM/M) halo classes | accuracy |",
-             "|---|---|---|---|---|---|"]
-    for name, m in s["models"].items():
-        a = harness.class_aucs(m, k)
-        e = [abs(x) for x in harness.mass_errors(m, k)]
-        steps = s["training"].get(name, {}).get("steps", "–")
-        lines.append(f"| {name} | {steps} | {min(a):.4f} | " + ", ".join(f"{v:.3f}" for v in a)
-                     + f" | {100 * max(e):.1f}% | {m['accuracy']:.4f} |")
-    met = sum(g["met"] for g in s["goals"])
-    lines += ["", f"Goals met: {met} of {len(s['goals'])}: " + harness.goals_sentence(s["goals"]) + "."]
-    return "\n".join(lines)
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = True, quick: bool = False) -> dict:
     """Run (or resume) every stage; returns the summary dict (also written as ``reference.json``)."""
+    from halotrans.eval.bootstrap import bootstrap
+    from halotrans.eval.calibration import apply_class_bias, fit_class_bias
     from halotrans.eval.report import class_names, evaluate_model, write_report
     from halotrans.eval.truth import load_truth
 
     t_start = time.time()
-    cfgs = network_configs(overrides, work)
-    first = next(iter(cfgs.values()))
-    config_files = harness.write_configs(cfgs, NETWORKS, work)
+    check_one_recipe(overrides)
+    runs = Runs(overrides, work, QUICK_PROBE if quick else PROBE)
+    first = runs.config(vipr_arm(16, "paper"))
+    first_file = runs.files[vipr_arm(16, "paper").name]
+    edges, n_classes = list(first.data.class_edges), first.data.n_classes
+    n = first.sim.n_grid
 
-    harness.stage_boxes(first, config_files["vipr"])
-    baseline = stage_baseline(first, work)
-    ledgers = {name: harness.stage_train(name, cfg, config_files[name]) for name, cfg in cfgs.items()}
-
-    edges = list(first.data.class_edges)
-    n_classes = first.data.n_classes
-    val_files, test_files = harness.files_of(first, "val"), harness.files_of(first, "test")
-    val_truths = [load_truth(f, edges) for f in val_files]
+    # 1. data
+    test_source = reference_data.stage_boxes(first, first_file)
+    ceiling_files = reference_data.stage_ceiling(first, first_file, test_source)
+    shuffled_root = reference_data.stage_shuffled(first, harness.all_seeds(first))
+    val_truths = [load_truth(f, edges) for f in harness.files_of(first, "val")]
+    test_files = harness.files_of(first, "test")
     test_truths = [load_truth(f, edges) for f in test_files]
-    sources = {name: Path(cfg.train.out_dir) for name, cfg in cfgs.items()}
-    sources[BASELINE] = baseline
-    calibrated, raw, offsets, seconds = harness.stage_calibrated(sources, val_files, test_files, val_truths)
 
+    # 2. baseline
+    baseline = reference_report.stage_baseline(first, work)
+
+    # 3a. the A/B phase and the peers
+    v16, v8, cp, cl = vipr_arm(16, "paper"), vipr_arm(8, "paper"), copra_arm("paper"), copra_arm("light")
+    for arm in (v16, cp, *PEER_ARMS, v8, cl):
+        runs.train(arm)
+    val = {a.name: val_score(runs, a.name, val_truths, n_classes) for a in (v16, v8, cp, cl)}
+    patch = 16 if pick(val, v16.name, v8.name) == v16.name else 8
+    vpl = vipr_arm(patch, "light")
+    runs.train(vpl)
+    val[vpl.name] = val_score(runs, vpl.name, val_truths, n_classes)
+    vpp = vipr_arm(patch, "paper")
+    vipr = runs.arms[pick(val, vpp.name, vpl.name)]
+    copra = runs.arms[pick(val, cp.name, cl.name)]
+    for arm in PEER_ARMS:
+        val[arm.name] = val_score(runs, arm.name, val_truths, n_classes)
+
+    # 3b. options on the recommended vipr recipe
+    options = {
+        CONTROL: vipr.plus(CONTROL, f"data.root={shuffled_root}"),
+        "vipr δ only": vipr.plus("vipr δ only", "data.inputs=[delta]"),
+        "vipr T only": vipr.plus("vipr T only", "data.inputs=[T]"),
+        "vipr + physics channels": vipr.plus("vipr + physics channels", f"data.inputs=[{', '.join(PHYSICS)}]"),
+        "vipr unweighted loss": vipr.plus("vipr unweighted loss", "data.class_weights=none"),
+        "vipr 2× budget": vipr.plus("vipr 2× budget", f"train.time_budget_s={2 * float(first.train.time_budget_s):g}"),
+    }
+    for arm in options.values():
+        runs.train(arm)
+    for name in options:
+        if name != CONTROL:
+            val[name] = val_score(runs, name, val_truths, n_classes)
+
+    # 4-5. predictions and metrics on the test boxes
+    main = {"vipr": vipr.name, "copra": copra.name, "MONAI UNETR": "MONAI UNETR", "MONAI VNet": "MONAI VNet"}
+    raw, calibrated, offsets = {}, {}, {}
+    for label, name in [*main.items(), *((k, k) for k in options)]:
+        vp, tp = runs.predict(name, "val"), runs.predict(name, "test")
+        bias = fit_class_bias(vp, [t.labels for t in val_truths])
+        raw[label], offsets[label] = tp, bias.tolist()
+        calibrated[label] = [apply_class_bias(p, bias) for p in tp]
+    cache = baseline.parent / "predictions"
+    bv, _ = harness.stage_predict(BASELINE, baseline, harness.files_of(first, "val"), cache)
+    bt, _ = harness.stage_predict(BASELINE, baseline, test_files, cache)
+    bias = fit_class_bias(bv, [t.labels for t in val_truths])
+    raw[BASELINE], offsets[BASELINE] = bt, bias.tolist()
+    calibrated[BASELINE] = [apply_class_bias(p, bias) for p in bt]
+    pino = pinocchio_labels(test_files, edges)
+    if pino is not None:
+        raw[PINOCCHIO] = pino
+
+    tol = first.eval.boundary_tolerance
+    metrics, intervals = {}, {}
+    for label, preds in raw.items():
+        m, _ = evaluate_model(test_truths, preds, n_classes, tol, label)
+        metrics[label] = m
+        intervals[label] = bootstrap(stats_of(test_truths, preds, n_classes))["metrics"]
+    cal_metrics = {label: evaluate_model(test_truths, preds, n_classes, tol, label)[0]
+                   for label, preds in calibrated.items()}
+    conv_truths = [load_truth(f, edges) for f in ceiling_files]
+    ceiling_preds = [t.labels.astype(np.int64) for t in test_truths]
+    metrics[CEILING], _ = evaluate_model(conv_truths, ceiling_preds, n_classes, tol, CEILING)
+    intervals[CEILING] = bootstrap(stats_of(conv_truths, ceiling_preds, n_classes))["metrics"]
+    paired = reference_report.paired_orderings(test_truths, raw, main, n_classes)
+
+    figure_models = {k: raw[k] for k in ("vipr", "copra", "MONAI UNETR", "MONAI VNet", BASELINE, PINOCCHIO) if k in raw}
     out = work / "report"
-    run_meta = {name: {"source": str(src), "calibration_offsets": offsets[name]} for name, src in sources.items()}
-    report = write_report(out, test_truths, calibrated, edges, tolerance=first.eval.boundary_tolerance, meta=run_meta)
-    uncal = {}
-    for name, preds in raw.items():
-        m, _ = evaluate_model(test_truths, preds, n_classes, first.eval.boundary_tolerance, name)
-        uncal[name] = {"accuracy": m["accuracy"], "per_class": m["per_class"]}
-    uncal = harness.clean(uncal)
+    meta = {label: {"calibration_offsets": offsets.get(label)} for label in figure_models}
+    write_report(out, test_truths, figure_models, edges, tolerance=tol, meta=meta)
 
+    # 6. Grad-CAM per proto-halo on the recommended copra
+    cams = reference_report.stage_halo_cams(runs.cfgs[copra.name], test_files[0], out, edges)
+
+    # 7. summary
+    training = {name: harness.training_summary(Path(runs.cfgs[name].train.out_dir), runs.ledgers[name])
+                for name in runs.cfgs}
+    peak = harness.dense_peak(time.perf_counter, "cpu")
+    macs = macs_per_voxel(runs, n)
+    for name, record in training.items():
+        record["macs_per_voxel"] = macs[name]
+    speed = speed_rows(runs, {vipr.name: "MONAI UNETR", copra.name: "MONAI VNet",
+                              **({vpl.name: "MONAI UNETR"} if vipr.name != vpl.name else {vpp.name: "MONAI UNETR"}),
+                              **({cl.name: "MONAI VNet"} if copra.name != cl.name else {cp.name: "MONAI VNet"})},
+                       training, n, peak, macs)
     d, tc = first.data, first.train
     summary = {
         **harness.run_header(COMMAND, overrides, quick, t_start),
-        "boxes": f"{len(harness.all_seeds(first))} × {first.sim.n_grid}³ particles, L = {first.sim.box_size:g} Mpc/h, "
-                 f"{first.sim.mesh_factor * first.sim.n_grid}³ mesh, {first.sim.n_steps} PM steps; train "
-                 f"{d.train_seeds}, validation {d.val_seeds}, test {d.test_seeds}",
+        "version": 2,
+        "boxes": f"{n}³ particles, L = {first.sim.box_size:g} Mpc/h, {first.sim.mesh_factor * n}³ mesh, "
+                 f"{first.sim.n_steps} PM steps; train {d.train_seeds}, validation {d.val_seeds}, test {d.test_seeds}",
+        "test_source": test_source,
+        "ceiling_setting": list(reference_data.CEILING_SET),
         "inputs": list(d.inputs), "class_edges": edges, "class_names": class_names(edges),
         "crop": d.crop, "batch_size": d.batch_size, "class_weights": d.class_weights, "lr": tc.lr,
         "min_lr": tc.min_lr, "warmup_steps": tc.warmup_steps, "budget_s": float(tc.time_budget_s),
-        "window": first.eval.window or d.crop, "overlap": first.eval.overlap,
-        "class_table": class_table(first),
-        "training": {name: harness.training_summary(Path(cfgs[name].train.out_dir), ledgers[name]) for name in cfgs},
-        "inference_seconds": seconds, "calibration": offsets,
-        "models": {name: {k: m[k] for k in ("accuracy", "auc_mean_halo_classes", "auc_halo_vs_none",
-                                            "surface_dice_halo", "per_class")}
-                   for name, m in report["models"].items()},
-        "uncalibrated": uncal,
+        "class_table": reference_report.class_table(first),
+        "arms": {name: list(arm.overrides) for name, arm in runs.arms.items()},
+        "training": training, "validation": val,
+        "choices": {"patch": patch, "vipr": vipr.name, "copra": copra.name},
+        "models": {k: reference_report.model_record(m) for k, m in metrics.items()},
+        "calibrated": {k: reference_report.model_record(m) for k, m in cal_metrics.items()},
+        "intervals": intervals, "calibration": offsets, "paired": paired,
+        "speed": speed, "peak_gflops": peak, "halo_cams": cams,
+        "main": main, "options": list(options),
     }
-    summary["goals"] = goal_checks(summary["models"], n_classes)
+    summary = harness.clean(summary)  # what reference.json holds: the Markdown is rendered from it alone
+    summary["goals"] = reference_report.goal_checks(summary)
     summary["notes"] = harness.read_notes(PUBLISH, publish)
-    harness.write_summary(summary, summary_markdown(summary), out, "reference", publish=publish, publish_dir=PUBLISH,
-                          files=harness.SEGMENTATION_REPORT_FILES, block="segmentation", block_text=results_block(summary))
+    harness.write_summary(summary, reference_report.summary_markdown(summary), out, "reference", publish=publish,
+                          publish_dir=PUBLISH, files=(*harness.SEGMENTATION_REPORT_FILES, "halo_cams.png"),
+                          block="segmentation", block_text=reference_report.results_block(summary))
     return summary
+
+
+#: the Markdown of reference.md and of the RESULTS.md block, rendered from reference.json alone
+summary_markdown, results_block = reference_report.summary_markdown, reference_report.results_block
 
 
 def rows_of(summary: dict) -> list[dict]:
@@ -319,7 +405,7 @@ def run(quick: bool) -> list[dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return harness.reference_cli(argv, reference, doc=__doc__, quick_set=QUICK_SET, work=WORK, quick_work=QUICK_WORK,
-                                 publish_dir=PUBLISH, quick_help="6 boxes, 25 s per network")
+                                 publish_dir=PUBLISH, quick_help="2+1+1 boxes, 20 s per run")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from halotrans.benchmark import REPO, row
+from halotrans.benchmark import row
 from halotrans.sims.box import simulate_box
 from halotrans.sims.config import SimConfig
 from halotrans.sims.cosmology import Cosmology
 from halotrans.sims.ics import linear_density_k, lpt_displacements, lpt_particles, white_noise
 from halotrans.sims.pm import ParticleMesh, evolve, scale_factor_steps
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # harness.py next to this file
+from harness import PINOCCHIO_BUILD, find_pinocchio  # noqa: E402
 
 NAME = "sims"
 TARGET_S = {"cpu": 60.0, "cuda": 10.0}  # seconds for a 128³ box, 256³ mesh, 40 steps
@@ -125,18 +128,6 @@ def ours_full(cfg: SimConfig, device: str) -> dict[str, float]:
 
 PINOCCHIO_EDGES = (13.0, 13.5, 14.0)  # log10 M☉/h: 5 classes (0 = no halo)
 PINOCCHIO_N = 64
-PINOCCHIO_BUILD = "scripts/build_pinocchio.sh PINOCCHIO_SRC PFFT_SRC"
-
-
-def find_pinocchio() -> str | None:
-    """``$PINOCCHIO``, else the binary ``scripts/build_pinocchio.sh`` makes, else ``pinocchio.x`` on PATH."""
-    for exe in (os.environ.get("PINOCCHIO"), str(REPO / "build" / "pinocchio" / "bin" / "pinocchio.x"),
-                shutil.which("pinocchio.x")):
-        if exe and shutil.which(exe):
-            return exe
-    return None
-
-
 def pinocchio_rows(exe: str | None, n: int = PINOCCHIO_N, seed: int = 0, ranks: int | None = None) -> list[dict]:
     """The ``pinocchio`` rows: seconds to labels and label agreement on one box (see the module doc)."""
     metric = f"pinocchio: seconds to labels, {n}³ box ({n} Mpc/h)"

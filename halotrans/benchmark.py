@@ -7,7 +7,7 @@ written to JSON (``benchmarks/results/<name>.json`` per benchmark and ``--json``
 
     python -m halotrans.benchmark --quick            # every benchmark, small sizes (2-core CPU: minutes)
     python -m halotrans.benchmark sims shear         # only these
-    python -m halotrans.benchmark reference          # the segmentation reference run (~75 min): only when named
+    python -m halotrans.benchmark reference          # the segmentation reference run (~100 min): only when named
     python -m halotrans.benchmark --list
 """
 
@@ -103,6 +103,7 @@ def load(name: str):
         raise SystemExit(f"unknown benchmark '{name}'; available: {', '.join(scripts) or 'none'}")
     spec = importlib.util.spec_from_file_location(f"halotrans_bench_{name}", scripts[name])
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # registered before it runs, as an import would (dataclasses look it up)
     spec.loader.exec_module(module)
     return module
 
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra = "" if getattr(module, "IN_DEFAULT", True) else "  [only when named]"
             print(f"{name:<12} {doc[0] if doc else path.name}{extra}")
         return 0
-    # a benchmark whose module sets IN_DEFAULT = False (the ~75-min reference run) runs only when named
+    # a benchmark whose module sets IN_DEFAULT = False (the ~100-min reference run) runs only when named
     names = args.names or [n for n in scripts if getattr(load(n), "IN_DEFAULT", True)]
     all_rows: list[dict] = []
     for name in names:

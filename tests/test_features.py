@@ -81,7 +81,7 @@ def test_tiny_feature_study_runs_and_resumes(sim_boxes, tmp_path, capfd):
                  "sim.n_steps=20", "data.train_seeds=0-1", "data.val_seeds=2", "data.test_seeds=3",
                  "data.val_max_crops=2", "train.time_budget_s=40", "train.warmup_steps=2", "model.hidden_size=32",
                  "model.depth=4", "model.num_heads=2", "model.mlp_dim=64", "model.skip_layers=[1,2,3,4]",
-                 "model.kernel_size=3", "eval.batch_size=2"]
+                 "model.kernel_size=3", "eval.batch_size=2", "data.crop=32", "eval.window=32", "data.batch_size=2"]
     s = feat.features(overrides, tmp_path, publish=False)
     assert set(s["models"]) == set(feat.run_configs())
     for name, t in s["training"].items():
