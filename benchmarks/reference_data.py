@@ -70,6 +70,9 @@ def stage_test_boxes(cfg: Config, config_file: Path, exe: str | None) -> str:
         print(f"test boxes: no PINOCCHIO binary (build it: {harness.PINOCCHIO_BUILD}); simulating seeds "
               f"{cfg.data.test_seeds} from our own ICs, the PINOCCHIO row is not run", flush=True)
     pinocchio = (exe is not None) if not done else sources == {True}
+    if pinocchio and exe is None and len(done) < len(seeds):
+        raise SystemExit(f"reference: the test boxes in {cfg.data.root} are PINOCCHIO-IC boxes but no PINOCCHIO binary "
+                         f"is found to make the missing ones (build it: {harness.PINOCCHIO_BUILD}; then PINOCCHIO=...)")
     for seed in seeds:
         out = box_path(cfg.data.root, seed)
         if is_complete(out):

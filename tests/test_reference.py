@@ -31,8 +31,8 @@ import reference_report  # noqa: E402
 from halotrans.config import load_config  # noqa: E402
 
 
-def test_the_reference_configs_are_issue_18s_recipe():
-    runs = bench_reference.Runs((), REPO / "runs" / "reference_test_unused")
+def test_the_reference_configs_are_issue_18s_recipe(tmp_path):
+    runs = bench_reference.Runs((), tmp_path)
     cfgs = {stem: load_config(bench_reference.CONFIG_DIR / f"{stem}.yaml", []) for stem in bench_reference.STEMS}
     first = cfgs["vipr"]
     d = first.data
