@@ -159,17 +159,11 @@ class Runs:
 
 # --- scoring -------------------------------------------------------------------------------------
 
-def stats_of(truths, preds, n_classes: int) -> list:
-    from halotrans.eval.bootstrap import box_stats
-
-    return [box_stats(t.labels, p, n_classes, t.voxel_mass) for t, p in zip(truths, preds)]
-
-
 def val_score(runs: Runs, name: str, truths, n_classes: int) -> dict:
     """Validation metrics of one arm (raw argmax): the A/B decisions use ``mean_auc`` (over all classes)."""
-    from halotrans.eval.bootstrap import combine
+    from halotrans.eval.bootstrap import combine, model_stats
 
-    m = combine(stats_of(truths, runs.predict(name, "val"), n_classes))
+    m = combine(model_stats(truths, runs.predict(name, "val"), n_classes))
     aucs = [p["auc"] for p in m["per_class"]]
     return {"mean_auc": float(np.nanmean(aucs)), "auc": aucs, "accuracy": m["accuracy"],
             "mass_rel_error": [p["mass_rel_error"] for p in m["per_class"][1:]]}
@@ -253,7 +247,7 @@ def speed_rows(runs: Runs, pairs: dict[str, str], training: dict, n: int, peak: 
 
 def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = True, quick: bool = False) -> dict:
     """Run (or resume) every stage; returns the summary dict (also written as ``reference.json``)."""
-    from halotrans.eval.bootstrap import bootstrap
+    from halotrans.eval.bootstrap import bootstrap, model_stats
     from halotrans.eval.calibration import apply_class_bias, fit_class_bias
     from halotrans.eval.report import class_names, evaluate_model, write_report
     from halotrans.eval.truth import load_truth
@@ -310,34 +304,34 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     # 4-5. predictions and metrics on the test boxes
     main = {"vipr": vipr.name, "copra": copra.name, "MONAI UNETR": "MONAI UNETR", "MONAI VNet": "MONAI VNet"}
     raw, calibrated, offsets = {}, {}, {}
+
+    def add(label: str, val_preds: list, test_preds: list) -> None:  # raw, and calibrated on the validation boxes
+        bias = fit_class_bias(val_preds, [t.labels for t in val_truths])
+        raw[label], offsets[label] = test_preds, bias.tolist()
+        calibrated[label] = [apply_class_bias(p, bias) for p in test_preds]
+
     for label, name in [*main.items(), *((k, k) for k in options)]:
-        vp, tp = runs.predict(name, "val"), runs.predict(name, "test")
-        bias = fit_class_bias(vp, [t.labels for t in val_truths])
-        raw[label], offsets[label] = tp, bias.tolist()
-        calibrated[label] = [apply_class_bias(p, bias) for p in tp]
+        add(label, runs.predict(name, "val"), runs.predict(name, "test"))
     cache = baseline.parent / "predictions"
-    bv, _ = harness.stage_predict(BASELINE, baseline, harness.files_of(first, "val"), cache)
-    bt, _ = harness.stage_predict(BASELINE, baseline, test_files, cache)
-    bias = fit_class_bias(bv, [t.labels for t in val_truths])
-    raw[BASELINE], offsets[BASELINE] = bt, bias.tolist()
-    calibrated[BASELINE] = [apply_class_bias(p, bias) for p in bt]
+    add(BASELINE, harness.stage_predict(BASELINE, baseline, harness.files_of(first, "val"), cache)[0],
+        harness.stage_predict(BASELINE, baseline, test_files, cache)[0])
     pino = pinocchio_labels(test_files, edges)
     if pino is not None:
         raw[PINOCCHIO] = pino
 
     tol = first.eval.boundary_tolerance
-    metrics, intervals = {}, {}
+    metrics, intervals, stats = {}, {}, {}
     for label, preds in raw.items():
-        m, _ = evaluate_model(test_truths, preds, n_classes, tol, label)
-        metrics[label] = m
-        intervals[label] = bootstrap(stats_of(test_truths, preds, n_classes))["metrics"]
+        metrics[label], _ = evaluate_model(test_truths, preds, n_classes, tol, label)
+        stats[label] = model_stats(test_truths, preds, n_classes)
+        intervals[label] = bootstrap(stats[label])["metrics"]
     cal_metrics = {label: evaluate_model(test_truths, preds, n_classes, tol, label)[0]
                    for label, preds in calibrated.items()}
     conv_truths = [load_truth(f, edges) for f in ceiling_files]
     ceiling_preds = [t.labels.astype(np.int64) for t in test_truths]
     metrics[CEILING], _ = evaluate_model(conv_truths, ceiling_preds, n_classes, tol, CEILING)
-    intervals[CEILING] = bootstrap(stats_of(conv_truths, ceiling_preds, n_classes))["metrics"]
-    paired = reference_report.paired_orderings(test_truths, raw, main, n_classes)
+    intervals[CEILING] = bootstrap(model_stats(conv_truths, ceiling_preds, n_classes))["metrics"]
+    paired = reference_report.paired_orderings(stats)
 
     figure_models = {k: raw[k] for k in ("vipr", "copra", "MONAI UNETR", "MONAI VNet", BASELINE, PINOCCHIO) if k in raw}
     out = work / "report"

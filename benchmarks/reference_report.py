@@ -79,21 +79,15 @@ def ci(s: dict, model: str, metric: str, c: int | None = None) -> dict | None:
     return iv[metric] if c is None else iv["per_class"][c][metric]
 
 
-def paired_orderings(truths, raw: dict, main: dict, n_classes: int) -> dict:
+def paired_orderings(stats: dict) -> dict:
     """Paired bootstrap (the same resampled test boxes for both) of vipr − copra, of each network minus
-    its MONAI peer and of copra − PINOCCHIO: every metric of :func:`~halotrans.eval.bootstrap.combine`."""
-    from halotrans.eval.bootstrap import box_stats, paired_difference
+    its MONAI peer and of copra − PINOCCHIO: every metric of :func:`~halotrans.eval.bootstrap.combine`.
+    ``stats``: model name -> its per-box :class:`~halotrans.eval.bootstrap.BoxStats` on the test boxes."""
+    from halotrans.eval.bootstrap import paired_difference
 
-    def stats(name: str) -> list:
-        return [box_stats(t.labels, p, n_classes, t.voxel_mass) for t, p in zip(truths, raw[name])]
-
-    pairs = [("vipr", "copra"), ("vipr", "MONAI UNETR"), ("copra", "MONAI VNet")]
-    if "PINOCCHIO" in raw:
-        pairs.append(("copra", "PINOCCHIO"))
-    out = {}
-    for a, b in pairs:
-        out[f"{a} − {b}"] = paired_difference(stats(a), stats(b))["metrics"]
-    return harness.clean(out)
+    pairs = [("vipr", "copra"), ("vipr", "MONAI UNETR"), ("copra", "MONAI VNet"), ("copra", "PINOCCHIO")]
+    return harness.clean({f"{a} − {b}": paired_difference(stats[a], stats[b])["metrics"]
+                          for a, b in pairs if a in stats and b in stats})
 
 
 # --- Grad-CAM per proto-halo ---------------------------------------------------------------------
