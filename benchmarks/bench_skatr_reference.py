@@ -20,8 +20,11 @@ with the wall-clock it has left, see ``harness.stage_train``). The light cones a
    context encoder; an L1 regression head with best-validation checkpoint and patience on each
    (skatr_regress.yaml); the encoder with the lower validation loss is kept (A/B);
 4. an ensemble of flows (skatr_npe.yaml) conditioned on the kept head's outputs, each with early
-   stopping on validation; coverage on the test split in θ-space and logit space, per parameter,
-   TARP, each against the band of a calibrated posterior at that number of test light cones;
+   stopping on validation; A/B on validation of the conditions the flows train on: the head's outputs
+   on its own training light cones (in-sample: tighter than on new ones) or cross-fitted (each
+   training light cone's output by the head of 5 that left its fold out); coverage on the test split
+   in θ-space and logit space, per parameter, TARP, each against the band of a calibrated posterior
+   at that number of test light cones;
 5. the same ViT trained from scratch (skatr_scratch.yaml: symmetry augmentation, L1, best
    validation checkpoint, its own probe-planned budget), and the data-efficiency runs: frozen head
    and scratch ViT on 10/25/50 % of the training split; the scratch ViT frozen as the
@@ -91,6 +94,10 @@ MIN_FRACTION_BUDGET = 0.25
 #: flows in the NPE ensemble (train.seed 0, 1, ...)
 NPE_MEMBERS = 5
 QUICK_NPE_MEMBERS = 2
+#: the A/B of the flow's training conditions: the kept head's outputs on its own training light cones
+#: ("in-sample"), or each training light cone's output by the head of CV_FOLDS that left it out
+NPE_VARIANTS = ("in-sample", "cross-fitted")
+CV_FOLDS, QUICK_CV_FOLDS = 5, 2
 #: validations over a budgeted run (JEPA, scratch ViT) and the slack of the step plan
 JEPA_EVALS, SCRATCH_EVALS, PLAN_MARGIN = 5, 10, 1.05
 #: issue 16's goals: frozen/scratch relative error ≤ 1.10 with the upper bootstrap bound ≤ 1.15 on these
@@ -556,13 +563,14 @@ def _markdown_v2(s: dict) -> str:
                      + f" | {_ratio_cell(e['ratios']['goal_mean'])} | {sr['best_step']} / {sr['steps']} / "
                        f"{sr['planned_steps']}, {sr['stopped']} |")
     lines += ["", f"## NPE: ensemble of {s['npe']['info'].get('members') and len(s['npe']['info']['members']) or 1} "
-                  f"flows on the {win} head's outputs", "",
+                  f"flows on the {win} head's outputs ({s['npe'].get('condition', 'in-sample')} training conditions)", "",
               f"Test log posterior {npe['log_posterior']:.3f} (prior-normalised units). Largest |coverage − nominal| "
               f"on {s['npe']['info']['n_test']} test light cones: HPD θ-space {npe['calibration_error']:.3f}, logit "
               f"space {npe['calibration_error_logit']:.3f}, TARP {npe['tarp_error']:.3f}; per parameter "
               + ", ".join(f"{k} {v:.3f}" for k, v in npe["calibration_error_rank"].items())
               + f". A calibrated posterior at this n: median {npe['calibrated_gap_median']:.3f}, 90th percentile "
                 f"{npe['calibrated_gap_q90']:.3f} (the band in the figures).", "",
+              *_npe_ab_lines(s),
               "## Is the JEPA summary non-trivial? Linear probes (ridge, identity symmetry) and effective rank", "",
               "| summary | effective rank (of K) | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for name, pr in s["probes"].items():
@@ -580,6 +588,23 @@ def _markdown_v2(s: dict) -> str:
     for note in s.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _npe_ab_lines(s: dict) -> list[str]:
+    """The A/B of the flows' training conditions: kept on validation, both shown on test."""
+    ab = s.get("npe_ab")
+    if not ab:
+        return []
+    lines = [f"Which conditions the flows train on (A/B, kept on the mean best validation NLL of the members; "
+             f"cross-fitted: {ab['folds']} fold heads; the test columns were not used to choose):", "",
+             "| flows trained on | validation NLL (mean of members) | test coverage gap θ / logit | TARP | "
+             "mean NPE R² |", "|---|---|---|---|---|"]
+    for v, r in ab["runs"].items():
+        m = r["metrics"]
+        lines.append(f"| {v}{' (kept)' if v == ab['winner'] else ''} | {r['val_loss']:.4f} | "
+                     f"{m['calibration_error']:.3f} / {m['calibration_error_logit']:.3f} | {m['tarp_error']:.3f} | "
+                     f"{float(np.mean(list(m['r2'].values()))):.3f} |")
+    return [*lines, ""]
 
 
 def summary_markdown(s: dict) -> str:
@@ -664,15 +689,32 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     winner = min(WEIGHTS, key=lambda w: ab_runs[w]["best_val_loss"])
     win_dir = work / f"regress_{winner}"
 
-    # 4. the NPE ensemble on the kept head's outputs
-    npe_dirs = []
-    for m in range(members):
-        cfg, file = derive(files, "npe", f"npe_{m}", work, [f"skatr.encoder_weights={winner}",
-                                                            f"skatr.compress_run={win_dir}", f"train.seed={m}"])
-        npe_s = harness.stage_fixed(f"NPE flow {m}", cfg, file)
-        npe_dirs.append(Path(cfg.train.out_dir))
-        accounting.append({"stage": f"NPE flow {m}", "seconds": npe_s,
-                           "note": f"best step {run_record(npe_dirs[-1], wall_s=npe_s)['best_step']}"})
+    # 4. NPE ensembles on the kept head's outputs, trained on in-sample or cross-fitted conditions (A/B)
+    folds = QUICK_CV_FOLDS if quick else CV_FOLDS
+    fold_dirs = []
+    for k in range(folds):
+        cfg, file = derive(files, "regress", f"regress_{winner}_cv{k}", work, [
+            f"skatr.encoder_weights={winner}", f"skatr.cv_folds={folds}", f"skatr.cv_fold={k}"])
+        h_s = harness.stage_fixed(f"regression head without fold {k} of {folds}", cfg, file)
+        fold_dirs.append(Path(cfg.train.out_dir))
+        accounting.append({"stage": f"regression head, {winner} encoder, without fold {k} of {folds}", "seconds": h_s})
+    variant_sets = {"in-sample": [], "cross-fitted": [f"skatr.compress_fold_runs=[{','.join(map(str, fold_dirs))}]"]}
+    npe_ab: dict[str, dict] = {}
+    for variant in NPE_VARIANTS:
+        dirs, records = [], []
+        for m in range(members):
+            name = f"npe_{m}" if variant == "in-sample" else f"npe_cv_{m}"
+            cfg, file = derive(files, "npe", name, work, [f"skatr.encoder_weights={winner}",
+                                                          f"skatr.compress_run={win_dir}", f"train.seed={m}",
+                                                          *variant_sets[variant]])
+            npe_s = harness.stage_fixed(f"NPE flow {m} ({variant})", cfg, file)
+            dirs.append(Path(cfg.train.out_dir))
+            records.append(run_record(dirs[-1], wall_s=npe_s))
+            accounting.append({"stage": f"NPE flow {m} ({variant})", "seconds": npe_s,
+                               "note": f"best step {records[-1]['best_step']}"})
+        npe_ab[variant] = {"dirs": dirs, "best_val_loss": [r["best_val_loss"] for r in records],
+                           "val_loss": float(np.mean([r["best_val_loss"] for r in records]))}
+    npe_winner = min(NPE_VARIANTS, key=lambda v: npe_ab[v]["val_loss"])
 
     # 5. the scratch ViT and the data-efficiency runs (frozen head and scratch ViT per fraction)
     budget = float(cfgs["scratch"].train.time_budget_s)
@@ -715,7 +757,9 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
 
     # --- test-set evaluation, diagnostics, goals ------------------------------------------------
     reports = {w: evaluated(f"regress_{w}", [work / f"regress_{w}"], out) for w in WEIGHTS}
-    npe = evaluated("npe", npe_dirs, out)
+    npe_reports = {v: evaluated("npe" if v == npe_winner else f"npe_{v.replace('-', '_')}", npe_ab[v]["dirs"], out)
+                   for v in NPE_VARIANTS}
+    npe = npe_reports[npe_winner]
     regpre = evaluated("regpre", [Path(cfgs["regpre"].train.out_dir)], out)
     names = list(reports[winner]["info"]["param_names"])
     missing = [p for p in GOAL_PARAMS if p not in names]
@@ -740,7 +784,10 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
         "pretrain": pretrain,
         "ab": {"winner": winner, "runs": {w: {**{k: v for k, v in ab_runs[w].items() if k != "cfg"},
                                               "metrics": reports[w]["metrics"]} for w in WEIGHTS}},
-        "npe": {"info": npe["info"], "metrics": npe["metrics"]},
+        "npe": {"info": npe["info"], "metrics": npe["metrics"], "condition": npe_winner},
+        "npe_ab": {"winner": npe_winner, "folds": folds,
+                   "runs": {v: {"val_loss": npe_ab[v]["val_loss"], "best_val_loss": npe_ab[v]["best_val_loss"],
+                                "metrics": npe_reports[v]["metrics"]} for v in NPE_VARIANTS}},
         "regpre": {"info": regpre["info"], "metrics": regpre["metrics"]},
         "efficiency": efficiency, "probes": probe_summaries(encoders), "accounting": accounting,
     }

@@ -214,8 +214,39 @@ def test_sampling_comparison_statistics_on_known_changes(tmp_path):
     assert res["factors"]["1.05"]["n_light_cones"] == 4 and "| 1.1 | 99 |" in markdown(res)
 
 
+def test_generated_light_cones_join_the_comparison_with_verdicts_even_without_a_field(tmp_path):
+    """A rejected light cone of a `lightcones` run has no field: it still counts for τ and the verdicts."""
+    from halotrans.skatr.sampling import compare, import_generated, markdown
+    from halotrans.skatr.store import generation_settings, write_part
+
+    cfg = tiny_config()
+    out = tmp_path / "gen" / "tiny.h5"
+    rng = np.random.default_rng(1)
+    fields = {s: rng.standard_normal((8, 8, 40)).astype(np.float32) * 5 for s in (0, 2)}
+    taus = {0: 0.060, 1: 0.095, 2: 0.088}  # seed 1 rejected by τ at the reference, seed 2 just accepted
+    for seed, tau in taus.items():
+        write_part(out, generation_settings(cfg), {
+            "seed": seed, "params": sample_params(cfg, seed), "tau": tau, "x_hi_zmin": 0.01, "seconds": 2.0,
+            "reason": "" if tau <= cfg.tau_max else f"tau {tau} > 0.089", "inputs": "", "x_hi": np.zeros(8),
+            "mean_brightness_temp": np.zeros(8), "brightness_temp": fields.get(seed)})
+    cmp_dir = tmp_path / "cmp"
+    assert import_generated(cfg, out, cmp_dir, [0, 1, 2, 3]) == 3  # seed 3 was never generated
+    assert import_generated(cfg, out, cmp_dir, [0, 1, 2, 3]) == 0  # kept parts are not taken twice
+    for seed, tau in taus.items():  # the cheaper setting: seed 1 now accepted, seed 2 now rejected
+        _fake_part(cmp_dir, seed, 1.5, rng.standard_normal((8, 8, 40)), tau - 0.01 if seed == 1 else tau + 0.002)
+    res = compare(cmp_dir, 1.3, n_chunks=4, n_k=3)
+    e = res["factors"]["1.5"]
+    assert (e["n_matched"], e["n_matched_fields"], e["no_field"]) == (3, 2, 1)
+    assert (e["verdict_flips"], e["flips_to_rejected"], e["flips_to_accepted"]) == (2, 1, 1)
+    assert e["seconds_ratio_matched"] == pytest.approx((1 / 1.5) / 2.0)
+    assert np.array(e["ps_log_ratio_sem"]).shape == (4, 3)
+    assert "| 1.5 | 20 |" in markdown(res) and "2 of 3 (1 / 1)" in markdown(res)
+    with pytest.raises(Exception, match="other light-cone settings"):
+        import_generated(dataclasses.replace(cfg, zprime_step_factor=1.5), out, tmp_path / "other", [0])
+
+
 @pytest.mark.slow
-def test_compare_sampling_runs_matched_seeds_and_resumes(tmp_path):
+def test_compare_sampling_runs_matched_seeds_and_resumes(tmp_path, tiny_set):
     args = ("skatr", "compare-sampling", "-c", TINY, "--factors", "1.3", "1.5", "--reference", "1.3",
             "--seeds", "0", "--out", str(tmp_path / "s"))
     first = halotrans_cli(*args, timeout=600)
@@ -223,3 +254,14 @@ def test_compare_sampling_runs_matched_seeds_and_resumes(tmp_path):
     assert len(list((tmp_path / "s").glob("seed_*.npz"))) == 2 and (tmp_path / "s" / "sampling.json").is_file()
     again = halotrans_cli(*args, timeout=600)
     assert "computed 0 light cones" in again.stdout
+    # the reference light cones of a `lightcones` run are taken, not simulated again: bit for bit the same
+    reused = halotrans_cli("skatr", "compare-sampling", "-c", TINY, "--factors", "1.5", "--reference", "1.3",
+                           "--seeds", "0-1", "--reuse", str(tiny_set), "--out", str(tmp_path / "r"), timeout=600)
+    assert "took 2 light cones at factor 1.3" in reused.stdout and "computed 2 light cones" in reused.stdout
+    from halotrans.skatr.sampling import part_file
+
+    with np.load(part_file(tmp_path / "s", 0, 1.3)) as run, np.load(part_file(tmp_path / "r", 0, 1.3)) as taken:
+        np.testing.assert_array_equal(run["brightness_temp"], taken["brightness_temp"])
+        assert float(run["tau"]) == float(taken["tau"])
+    with np.load(part_file(tmp_path / "r", 1, 1.3)) as rejected:
+        assert "brightness_temp" not in rejected.files and float(rejected["tau"]) > 0.089

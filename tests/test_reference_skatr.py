@@ -126,7 +126,12 @@ def _summary_v2(ratio: float = 1.05, upper: float = 1.12, quarter: float = 0.9, 
                       "last_logged": {"val_loss": 0.3, "val_std_target": 0.2}},
          "ab": {"winner": "context", "runs": {w: {"best_val_loss": v, "best_step": 500, "metrics": m(0.6, 0.1)}
                                               for w, v in (("target", 0.1), ("context", 0.09))}},
-         "npe": {"info": {"n_test": 300, "members": ["a", "b", "c", "d", "e"]}, "metrics": npe},
+         "npe": {"info": {"n_test": 300, "members": ["a", "b", "c", "d", "e"]}, "metrics": npe,
+                 "condition": "cross-fitted"},
+         "npe_ab": {"winner": "cross-fitted", "folds": 5,
+                    "runs": {"in-sample": {"val_loss": 1.9, "best_val_loss": [1.9] * 5,
+                                           "metrics": {**npe, "calibration_error": 0.21}},
+                             "cross-fitted": {"val_loss": 1.7, "best_val_loss": [1.7] * 5, "metrics": npe}}},
          "regpre": {"metrics": m(0.5, 0.12)}, "efficiency": eff,
          "probes": {"context": {"effective_rank": 30.0, "features": 144, "r2": dict.fromkeys(PARAMS, 0.5)},
                     "untrained": {"effective_rank": 3.0, "features": 144, "r2": dict.fromkeys(PARAMS, 0.2)}},
@@ -153,7 +158,8 @@ def test_v2_tables_show_the_ab_the_intervals_the_efficiency_the_probes_and_the_c
     md = sk.summary_markdown(s)
     for text in ("context (kept)", "1.05 [0.98, 1.12]", "| 10 % | 60 |", "900 / 1200 / 2000, patience",
                  "effective rank", "| untrained | 3.0 (of 144)", "JEPA pretraining | 10500", "Goals met: 9 of 9",
-                 "calibrated posterior at this n", "npe_calibration.png"):
+                 "calibrated posterior at this n", "npe_calibration.png", "(cross-fitted training conditions)",
+                 "| cross-fitted (kept) | 1.7000 |", "| in-sample | 1.9000 | 0.210 /"):
         assert text in md, text
     block = sk.results_block(s)
     assert "1000 labelled light cones" in block and "Goals met: 9 of 9." in block and "0.90 [" in block
@@ -184,6 +190,11 @@ def test_quick_run_goes_through_every_stage_and_resumes_without_redoing_work(tmp
     assert s["pretrain"]["light_cones"] == s["splits"][0] + sk.QUICK_POOL_N and sum(s["splits"]) == 10
     assert s["ab"]["winner"] in sk.WEIGHTS and set(s["efficiency"]) == {"50", "100"}
     assert len(s["npe"]["info"]["members"]) == sk.QUICK_NPE_MEMBERS and set(s["probes"]) >= {"target", "untrained"}
+    ab = s["npe_ab"]  # the flows' training conditions: in-sample against cross-fitted, kept on validation
+    assert set(ab["runs"]) == set(sk.NPE_VARIANTS) and ab["folds"] == sk.QUICK_CV_FOLDS
+    assert ab["winner"] == min(ab["runs"], key=lambda v: ab["runs"][v]["val_loss"]) == s["npe"]["condition"]
+    assert all(len(r["best_val_loss"]) == sk.QUICK_NPE_MEMBERS for r in ab["runs"].values())
+    assert sum("without fold" in a["stage"] for a in s["accounting"]) == sk.QUICK_CV_FOLDS
     for key in ("50", "100"):
         r = s["efficiency"][key]["scratch_run"]
         assert r["steps"] <= r["planned_steps"] and r["best_step"] <= r["steps"]

@@ -437,3 +437,59 @@ def test_npe_on_compressed_summaries_ensemble_and_untrained_baseline(v2):
     assert meta_u["step"] == 0 and meta_u["untrained"]
     trained, _, _ = load_run(v2["jepa"])
     assert not torch.equal(model_u.encoder.blocks[0].attn.qkv.weight, trained.encoder.blocks[0].attn.qkv.weight)
+
+
+def test_cv_folds_partition_the_pool_evenly_and_reproducibly():
+    from halotrans.skatr.data import cv_fold_ids
+
+    f = cv_fold_ids(48, 5, 3)
+    assert sorted(np.bincount(f)) == [9, 9, 10, 10, 10] and set(f) == set(range(5))
+    np.testing.assert_array_equal(f, cv_fold_ids(48, 5, 3))
+    assert not np.array_equal(f, cv_fold_ids(48, 5, 4))
+
+
+@pytest.mark.slow
+def test_npe_cross_fitted_on_out_of_fold_head_outputs(v2):
+    """A flow trained on a head's outputs for the head's own training light cones sees tighter conditions
+    than at test: with compress_fold_runs each training light cone is conditioned by the fold head
+    that did not train on it (the flow's condition statistics show which)."""
+    from halotrans.skatr.data import cv_fold_ids, train_items
+
+    head_set = (*v2["common"], *CPU, "skatr.loss=l1", "train.keep_best=true", "train.patience=3", "train.steps=400",
+                "train.eval_every=10", "train.checkpoint_every=1000", "train.lr=3e-3", "skatr.cv_folds=2")
+    folds = []
+    for k in (1, 0):
+        run_dir = v2["root"] / f"regress_cv{k}"
+        halotrans_cli("train", "-c", "skatr/regress.yaml", *sets(*head_set, f"skatr.cv_fold={k}",
+                                                                f"train.out_dir={run_dir}"))
+        folds.append(run_dir)
+        assert torch.load(run_dir / "model.pt", weights_only=False)["meta"]["n_train"] == 24  # 48 minus one fold
+    flow = ("skatr.flow_hidden=16", "skatr.flow_transforms=2", "train.steps=40", "train.eval_every=10",
+            "train.checkpoint_every=40", "skatr.npe_condition=regression", f"skatr.compress_run={v2['regress']}")
+    npe = v2["root"] / "npe_cv"
+    halotrans_cli("train", "-c", "skatr/npe.yaml", *sets(*v2["common"], *flow, *CPU, f"train.out_dir={npe}",
+                                                          f"skatr.compress_fold_runs=[{folds[0]},{folds[1]}]"))
+    model, cfg, _ = load_run(npe)
+    s = read_summaries(v2["jepa"] / "summaries" / "lc_target_s8.h5", cfg)
+    train = torch.from_numpy(s.values[s.splits["train"]]).float()
+    pool = train_items(len(train), 1.0, cfg.lightcone.split_seed)
+    fold = cv_fold_ids(len(pool), 2, cfg.lightcone.split_seed)
+    expect = torch.empty(len(pool), 5)
+    for run_dir in folds:
+        head, hcfg, _ = load_run(run_dir)
+        sel = fold == hcfg.skatr.cv_fold
+        with torch.no_grad():
+            expect[torch.from_numpy(sel)] = SymmetryMean(head)(train[pool[sel]])
+    torch.testing.assert_close(model.flow.norm.mean, expect.mean(0))
+    torch.testing.assert_close(model.flow.norm.std, expect.std(0))
+    with torch.no_grad():
+        in_sample = model.compress(train[pool])  # the whole-pool head: the test-time compression
+    assert not torch.allclose(model.flow.norm.std, in_sample.std(0))
+    # a fold twice, or a fold head as the test-time compression, is refused
+    for bad, message in ((f"skatr.compress_fold_runs=[{folds[0]},{folds[0]}]", "need each fold of 2 once"),
+                         (f"skatr.compress_run={folds[0]}", "left fold 1 of 2 out")):
+        extra = () if "fold_runs" in bad else (f"skatr.compress_fold_runs=[{folds[0]},{folds[1]}]",)
+        out = halotrans_cli("train", "-c", "skatr/npe.yaml", *sets(*v2["common"], *flow, *CPU, *extra, bad,
+                                                                    f"train.out_dir={v2['root'] / 'npe_bad'}"),
+                            check=False)
+        assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]

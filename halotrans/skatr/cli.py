@@ -14,6 +14,8 @@ redshift sampling changes (τ, verdicts, global signal, field, power spectra; :m
 
     python -m halotrans skatr compare-sampling -c skatr/lightcones_cpu.yaml --factors 1.02 1.05 1.10 \
         --reference 1.05 --seeds 0-199 --out runs/skatr_sampling      # resumable; --minutes caps a piece
+    python -m halotrans skatr compare-sampling -c skatr/lightcones_cpu.yaml --factors 1.10 --seeds 0-199 \
+        --reuse data/reference/lightcones_cpu.h5      # the 1.05 light cones of a `lightcones` run, not rerun
 
 ``summarize`` computes the summaries of ``skatr.encoder_run`` on ``lightcone.out`` once and
 reuses them until the encoder checkpoint or the data set changes (``regress``/``npe`` runs call
@@ -50,6 +52,9 @@ def add_skatr_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--out", default="runs/skatr_sampling", help="directory of the light cones and the report")
     c.add_argument("--minutes", type=float, help="start no new light cone after this many minutes")
     c.add_argument("--report-only", action="store_true", help="compare what is there, simulate nothing")
+    c.add_argument("--reuse", metavar="LIGHTCONES_H5",
+                   help="take the reference factor's light cones from this `lightcones` output (data set and parts, "
+                        "same settings) instead of simulating them again")
 
 
 def run_skatr(args: argparse.Namespace) -> int:
@@ -58,6 +63,14 @@ def run_skatr(args: argparse.Namespace) -> int:
         from halotrans.skatr.sampling import compare, run_comparison, write_report
 
         cfg = config_from_args(args).lightcone
+        if args.reuse and not args.report_only:
+            from dataclasses import replace
+
+            from halotrans.skatr.sampling import import_generated
+
+            n = import_generated(replace(cfg, zprime_step_factor=args.reference), args.reuse, args.out,
+                                 split_seeds(args.seeds))
+            print(f"took {n} light cones at factor {args.reference:g} from {args.reuse}")
         if not args.report_only:
             res = run_comparison(cfg, args.factors, split_seeds(args.seeds), args.out, cfg.workers,
                                  None if args.minutes is None else 60 * args.minutes)

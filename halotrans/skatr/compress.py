@@ -83,8 +83,9 @@ class ConditionedPosterior(nn.Module):
         self.compress.eval()  # a frozen compression never switches to training behaviour
         return self
 
-    def forward(self, theta: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        return self.flow(theta, self.compress(inputs))
+    def forward(self, theta: torch.Tensor, inputs: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """log q(θ | compress(inputs)), or given the ``condition`` itself (cross-fitted training)."""
+        return self.flow(theta, self.compress(inputs) if condition is None else condition)
 
     @torch.no_grad()
     def sample_and_log_prob(self, n: int, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -215,6 +215,13 @@ class SkatrConfig:
     light cones); ``regression`` = the outputs of the finished frozen-summary regression run
     ``compress_run`` (its head, averaged over the symmetries: P numbers in [0, 1]). The
     compression is saved inside the npe model, so evaluation applies the same one.
+
+    Cross-fitting (a head's outputs on its own training light cones are tighter than on new ones,
+    so a flow trained on them is over-confident): ``cv_folds`` = K > 1 trains on the training pool
+    without fold ``cv_fold`` of K (a fixed partition, :func:`~halotrans.skatr.data.cv_fold_ids`);
+    an npe run with ``compress_fold_runs`` (the K such regress runs) trains its flow on the
+    out-of-fold head outputs of each training light cone and validates and tests through the
+    head of ``compress_run`` (trained on the whole pool).
     """
 
     batch_size: int = 16
@@ -237,6 +244,9 @@ class SkatrConfig:
     npe_condition: Literal["summary", "pca", "regression"] = "summary"
     npe_components: int = 8
     compress_run: str = ""
+    cv_folds: int = 0
+    cv_fold: int = 0
+    compress_fold_runs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.head_hidden, self.flow_transforms, self.flow_hidden, self.flow_bins,
@@ -252,3 +262,8 @@ class SkatrConfig:
             raise ValueError(f"npe_components must be >= 1, got {self.npe_components}")
         if self.npe_condition == "regression" and not self.compress_run:
             raise ValueError("npe_condition = regression needs compress_run (a finished frozen-summary regress run)")
+        if self.cv_folds == 1 or self.cv_folds < 0 or (self.cv_folds and not 0 <= self.cv_fold < self.cv_folds):
+            raise ValueError(f"cv_folds must be 0 (off) or >= 2 with 0 <= cv_fold < cv_folds, got "
+                             f"cv_folds={self.cv_folds}, cv_fold={self.cv_fold}")
+        if self.compress_fold_runs and (self.npe_condition != "regression" or len(self.compress_fold_runs) < 2):
+            raise ValueError("compress_fold_runs: the regress runs of >= 2 folds, for npe_condition = regression")

@@ -108,6 +108,14 @@ def train_items(n: int, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).permutation(n)[:keep])
 
 
+def cv_fold_ids(n: int, k: int, seed: int) -> np.ndarray:
+    """Fold (0..k-1) of each of ``n`` training-pool items: a fixed permutation dealt round-robin, so
+    the folds differ in size by at most one item."""
+    folds = np.empty(n, dtype=np.int64)
+    folds[np.random.default_rng([seed, 11]).permutation(n)] = np.arange(n) % k
+    return folds
+
+
 def random_rows(pool: np.ndarray, batch: int, seed: int) -> np.ndarray:
     """``batch`` rows of ``pool`` drawn with a seeded generator (without replacement when possible)."""
     rng = np.random.default_rng(seed)

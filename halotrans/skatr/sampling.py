@@ -59,6 +59,32 @@ def _run_one(cfg: LightConeConfig, seed: int, factor: float, out: str) -> tuple[
     return seed, factor, r["seconds"]
 
 
+def import_generated(cfg: LightConeConfig, generated: str | Path, out: str | Path, seeds: Sequence[int]) -> int:
+    """Take the light cones a ``lightcones`` run already made at ``cfg``'s settings (its data set
+    ``generated`` and its part files) as this comparison's parts at ``cfg.zprime_step_factor``, for
+    ``seeds`` not yet in ``out``: the same seed at the same settings is the same light cone (bit for
+    bit), so they need not be simulated again. The generator keeps no field of a rejected light cone:
+    its part holds τ and x_HI(z_min) only (verdicts, not field statistics). Returns how many were taken."""
+    from halotrans.skatr import simulate
+    from halotrans.skatr.store import generated_records, generation_settings
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    factor = cfg.zprime_step_factor
+    todo = [s for s in seeds if not part_file(out, s, factor).is_file()]
+    z_los, _ = simulate.los_grid(cfg)
+    n_nodes = len(simulate.node_redshifts(cfg))
+    taken = 0
+    for r in generated_records(generated, generation_settings(cfg), todo):
+        field = {} if r["brightness_temp"] is None else {"brightness_temp": r["brightness_temp"].astype(np.float32)}
+        with atomic_path(part_file(out, r["seed"], factor)) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **field, params=r["params"], tau=r["tau"], x_hi_zmin=r["x_hi_zmin"],
+                     accepted=not r["reason"], seconds=r["seconds"], redshifts=z_los, n_nodes=n_nodes,
+                     cell_mpc=cfg.box_len / cfg.hii_dim * cfg.downsample)
+        taken += 1
+    return taken
+
+
 def run_comparison(cfg: LightConeConfig, factors: Sequence[float], seeds: Sequence[int], out: str | Path,
                    workers: int = 2, deadline_s: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Simulate every (seed, factor) not yet in ``out`` with ``workers`` processes, seed by seed.
@@ -134,26 +160,41 @@ def compare(out: str | Path, reference: float, tau_max: float = 0.089, x_hi_max:
     if reference not in parts:
         raise ValueError(f"{out}: no light cone at the reference factor {reference:g} (found {sorted(parts)})")
     ref = parts[reference]
+
+    def fielded(r: dict) -> bool:
+        return "brightness_temp" in r and bool(np.isfinite(r["brightness_temp"]).all())
+
     result: dict[str, Any] = {"reference": reference, "n_chunks": n_chunks, "n_k": n_k, "factors": {}}
     ps_ref_all = {s: chunk_power(r["brightness_temp"], float(r["cell_mpc"]), n_chunks, n_k) for s, r in ref.items()
-                  if np.isfinite(r["brightness_temp"]).all()}
+                  if fielded(r)}
+    if not ps_ref_all:
+        raise ValueError(f"{out}: no light cone with a finite field at the reference factor {reference:g}")
     for factor, runs in sorted(parts.items()):
         both = sorted(set(runs) & set(ref))
-        seeds = [s for s in both if np.isfinite(runs[s]["brightness_temp"]).all()
-                 and np.isfinite(ref[s]["brightness_temp"]).all()]
+        # verdicts: every matched seed with a finite τ; fields: those with a finite field in both settings
+        matched = [s for s in both if np.isfinite(runs[s]["tau"]) and np.isfinite(ref[s]["tau"])]
+        seeds = [s for s in both if fielded(runs[s]) and fielded(ref[s])]
+        no_field = [s for s in both if "brightness_temp" not in runs[s] or "brightness_temp" not in ref[s]]
         entry: dict[str, Any] = {"n_nodes": int(next(iter(runs.values()))["n_nodes"]),
-                                 "seconds_mean": float(np.mean([r["seconds"] for r in runs.values()])),
-                                 "n_light_cones": len(runs), "n_matched": len(seeds),
-                                 "non_finite": len(both) - len(seeds)}
+                                 "seconds_mean": float(np.nanmean([float(r["seconds"]) for r in runs.values()])),
+                                 "n_light_cones": len(runs), "n_matched": len(matched),
+                                 "n_matched_fields": len(seeds), "no_field": len(no_field),
+                                 "non_finite": len(both) - len(seeds) - len(no_field)}
         result["factors"][f"{factor:g}"] = entry
         if factor == reference or not seeds:
             continue
-        a = [runs[s] for s in seeds]
-        b = [ref[s] for s in seeds]
-        tau_a, tau_b = np.array([r["tau"] for r in a]), np.array([r["tau"] for r in b])
-        xh_a, xh_b = np.array([r["x_hi_zmin"] for r in a]), np.array([r["x_hi_zmin"] for r in b])
+        secs = np.array([[float(runs[s]["seconds"]), float(ref[s]["seconds"])] for s in matched])
+        secs = secs[np.isfinite(secs).all(axis=1)]
+        entry["seconds_ratio_matched"] = float(secs[:, 0].mean() / secs[:, 1].mean()) if len(secs) else float("nan")
+        entry["n_timed"] = int(len(secs))
+        tau_a = np.array([float(runs[s]["tau"]) for s in matched])
+        tau_b = np.array([float(ref[s]["tau"]) for s in matched])
+        xh_a = np.array([float(runs[s]["x_hi_zmin"]) for s in matched])
+        xh_b = np.array([float(ref[s]["x_hi_zmin"]) for s in matched])
         acc_a = (tau_a <= tau_max) & (xh_a <= x_hi_max)
         acc_b = (tau_b <= tau_max) & (xh_b <= x_hi_max)
+        a = [runs[s] for s in seeds]
+        b = [ref[s] for s in seeds]
         gm_a = np.array([r["brightness_temp"].mean(axis=(0, 1)) for r in a])
         gm_b = np.array([r["brightness_temp"].mean(axis=(0, 1)) for r in b])
         fl_a = [r["brightness_temp"] - r["brightness_temp"].mean(axis=(0, 1)) for r in a]
@@ -176,32 +217,35 @@ def compare(out: str | Path, reference: float, tau_max: float = 0.089, x_hi_max:
             "tau_spread": float(np.std(tau_b)),
             "x_hi_zmin_abs_diff_max": float(np.max(np.abs(xh_a - xh_b))),
             "verdict_flips": int(np.sum(acc_a != acc_b)), "accepted_ref": int(acc_b.sum()),
+            "flips_to_rejected": int(np.sum(acc_b & ~acc_a)), "flips_to_accepted": int(np.sum(acc_a & ~acc_b)),
             "global_rms_diff_mk": float(np.median(np.sqrt(np.mean((gm_a - gm_b) ** 2, axis=1)))),
             "global_max_diff_mk": float(np.max(np.abs(gm_a - gm_b))),
             "global_spread_mk": float(np.sqrt(np.mean(np.var(gm_b, axis=0)))) if len(seeds) > 1 else float("nan"),
             "field_rel_rms_diff_median": float(np.median(rel_rms)), "field_rel_rms_diff_max": float(np.max(rel_rms)),
             "field_corr_median": float(np.median(corr)), "field_corr_min": float(np.min(corr)),
             "ps_log_ratio_mean": shift.tolist(), "ps_log_ratio_std": scatter.tolist(),
+            "ps_log_ratio_sem": (scatter / np.sqrt(np.maximum(np.sum(np.isfinite(lr), axis=0), 1))).tolist(),
             "ps_log_spread_ref": spread.tolist(),
             "ps_max_abs_shift": float(np.nanmax(np.abs(shift))),
             "ps_max_effect_size": float(np.nanmax(np.abs(shift) / spread)),
             "ps_max_rms_over_spread": float(np.nanmax(np.sqrt(shift**2 + scatter**2) / spread)),
         })
-    z = next(iter(ref.values()))["redshifts"]
+    z = ref[next(iter(ps_ref_all))]["redshifts"]
     length = len(z) // n_chunks
     result["chunk_redshifts"] = [[float(z[c * length]), float(z[(c + 1) * length - 1])] for c in range(n_chunks)]
-    result["k_bins"] = chunk_power(next(iter(ref.values()))["brightness_temp"],
-                                   float(next(iter(ref.values()))["cell_mpc"]), n_chunks, n_k)[1].tolist()
+    result["k_bins"] = next(iter(ps_ref_all.values()))[1].tolist()
     return result
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The comparison as a short Markdown table (one row per factor against the reference)."""
+    """The comparison as Markdown: one row per factor against the reference, then per factor the mean
+    shift of ln Δ² per redshift chunk and k bin with its standard error."""
     ref = result["reference"]
     lines = [f"# Redshift sampling against zprime_step_factor {ref:g} (matched seeds)", "",
-             "| factor | nodes | s per light cone | matched | |Δτ| mean / max (spread) | verdict flips | "
-             "T̄(z) rms Δ [mK] (spread) | field rel. rms Δ median / max | field r median / min | "
-             "max |Δ ln Δ²| | max effect size | max rms/spread |",
+             "| factor | nodes | s per light cone (matched / reference) | matched seeds (with fields) | "
+             "|Δτ| mean / max (spread) | verdict flips (to rejected / to accepted) | T̄(z) rms Δ [mK] (spread) | "
+             "field rel. rms Δ median / max | field r median / min | max |Δ ln Δ²| | max effect size | "
+             "max rms/spread |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f, e in result["factors"].items():
         if "tau_abs_diff_mean" not in e:
@@ -210,8 +254,10 @@ def markdown(result: dict[str, Any]) -> str:
                          " – | – | – | – | – | – | – | – |")
             continue
         lines.append(
-            f"| {f} | {e['n_nodes']} | {e['seconds_mean']:.1f} | {e['n_matched']} | {e['tau_abs_diff_mean']:.4f} / "
-            f"{e['tau_abs_diff_max']:.4f} ({e['tau_spread']:.4f}) | {e['verdict_flips']} of {e['n_matched']} | "
+            f"| {f} | {e['n_nodes']} | {e['seconds_mean']:.1f} ({e.get('seconds_ratio_matched', float('nan')):.2f}×) | "
+            f"{e['n_matched']} ({e.get('n_matched_fields', e['n_matched'])}) | {e['tau_abs_diff_mean']:.4f} / "
+            f"{e['tau_abs_diff_max']:.4f} ({e['tau_spread']:.4f}) | {e['verdict_flips']} of {e['n_matched']} "
+            f"({e.get('flips_to_rejected', '–')} / {e.get('flips_to_accepted', '–')}) | "
             f"{e['global_rms_diff_mk']:.2f} ({e['global_spread_mk']:.2f}) | {e['field_rel_rms_diff_median']:.3f} / "
             f"{e['field_rel_rms_diff_max']:.3f} | {e['field_corr_median']:.3f} / {e['field_corr_min']:.3f} | "
             f"{e['ps_max_abs_shift']:.3f} | {e['ps_max_effect_size']:.2f} | {e['ps_max_rms_over_spread']:.2f} |"
@@ -219,7 +265,25 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Power spectra in {result['n_chunks']} redshift chunks "
               f"({', '.join(f'{a:.1f}-{b:.1f}' for a, b in result['chunk_redshifts'])}) and {result['n_k']} k bins "
               f"({', '.join(f'{k:.3f}' for k in result['k_bins'])} 1/Mpc). Effect size: |mean Δ ln Δ²| over the "
-              "spread of ln Δ² between light cones of the reference setting (what the parameters change)."]
+              "spread of ln Δ² between light cones of the reference setting (what the parameters change). "
+              "Matched seeds: both settings have τ and x_HI(z_min) (verdicts); with fields: both kept the light "
+              "cone (field and power statistics; the generator keeps no field of a rejected light cone). "
+              "Seconds: mean over each setting's light cones, and the ratio over the matched seeds timed in both."]
+    for f, e in result["factors"].items():
+        if "ps_log_ratio_mean" not in e:
+            continue
+        sem = e.get("ps_log_ratio_sem", [[float("nan")] * result["n_k"]] * result["n_chunks"])
+        lines += ["", f"Mean Δ ln Δ² ± standard error, factor {f} against {ref:g} "
+                      f"({e.get('n_matched_fields', e['n_matched'])} light cones; rows: redshift chunks, "
+                      "columns: k [1/Mpc]; in brackets the effect size):", "",
+                  "| z | " + " | ".join(f"{k:.3f}" for k in result["k_bins"]) + " |",
+                  "|---|" + "---|" * result["n_k"]]
+        for c, (za, zb) in enumerate(result["chunk_redshifts"]):
+            cells = []
+            for b in range(result["n_k"]):
+                m, err, sp = e["ps_log_ratio_mean"][c][b], sem[c][b], e["ps_log_spread_ref"][c][b]
+                cells.append(f"{m:+.3f} ± {err:.3f} ({abs(m) / sp:.2f})" if np.isfinite(m) and sp > 0 else "–")
+            lines.append(f"| {za:.1f}-{zb:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -154,6 +154,43 @@ def _part_files(out: Path) -> dict[int, Path]:
     return {int(m.group(1)): p for p in d.iterdir() if (m := _PART.fullmatch(p.name))}
 
 
+def generated_records(out: str | os.PathLike, settings: str, seeds=None):
+    """Yield one dict per finished seed of a ``lightcones`` run (its data set ``out`` and its part
+    files, the parts winning): ``seed``, ``params`` (6,), ``tau``, ``x_hi_zmin``, ``seconds`` (NaN where
+    not kept), ``reason`` ('' = accepted) and ``brightness_temp`` (X, Y, Z) float32 [mK] for accepted
+    light cones (the generator keeps no field of a rejected one: ``None``). Only ``seeds`` if given;
+    :class:`DataError` if ``out`` was made with other ``settings``."""
+    out = Path(out)
+    want = None if seeds is None else set(int(s) for s in seeds)
+    parts = _part_files(out)
+    if out.exists():
+        with _open_output(out) as f:
+            _check_settings(out, f.attrs["settings"], settings)
+            seconds = f["seconds"][...] if "seconds" in f else np.full(len(f["seeds"]), np.nan)
+            for i, s in enumerate(f["seeds"][...]):
+                if (want is None or int(s) in want) and int(s) not in parts:
+                    yield {"seed": int(s), "params": f["params"][i], "tau": float(f["tau"][i]),
+                           "x_hi_zmin": float(f["x_hi_zmin"][i]), "seconds": float(seconds[i]), "reason": "",
+                           "brightness_temp": f["brightness_temp"][i]}
+            rej = f["rejected"]
+            for i, s in enumerate(rej["seeds"][...]):
+                if (want is None or int(s) in want) and int(s) not in parts:
+                    reason = rej["reason"][i]
+                    yield {"seed": int(s), "params": rej["params"][i], "tau": float(rej["tau"][i]),
+                           "x_hi_zmin": float(rej["x_hi_zmin"][i]), "seconds": float("nan"),
+                           "reason": reason.decode() if isinstance(reason, bytes) else str(reason),
+                           "brightness_temp": None}
+    for s, path in sorted(parts.items()):
+        if want is not None and s not in want:
+            continue
+        with h5py.File(path, "r") as f:
+            _check_settings(path, f.attrs["settings"], settings)
+            yield {"seed": s, "params": f["params"][...], "tau": float(f.attrs["tau"]),
+                   "x_hi_zmin": float(f.attrs["x_hi_zmin"]), "seconds": float(f.attrs["seconds"]),
+                   "reason": str(f.attrs["reason"]),
+                   "brightness_temp": f["brightness_temp"][...] if "brightness_temp" in f else None}
+
+
 def select_seeds(first_seed: int, n: int, done: dict[int, bool]) -> list[int]:
     """The consecutive finished seeds from ``first_seed`` on, up to the ``n``-th accepted one."""
     seeds, accepted = [], 0

@@ -61,6 +61,7 @@ from halotrans.parallel.distributed import on_rank0
 from halotrans.skatr.compress import ConditionedPosterior, PCAProjection, SymmetryMean, fit_pca
 from halotrans.skatr.data import (
     build_vit,
+    cv_fold_ids,
     derived_seed,
     input_norm_stats,
     light_cone_shape,
@@ -259,7 +260,8 @@ class ParameterTask(Task):
     model_keys = ("model", *LIGHTCONE_INPUT_KEYS, "skatr.summary", "skatr.encoder_run", "skatr.encoder_weights",
                   "skatr.train_fraction", "skatr.head_hidden", "skatr.head_depth", "skatr.flow_transforms",
                   "skatr.flow_hidden", "skatr.flow_bins", "skatr.symmetries", "skatr.loss", "skatr.npe_condition",
-                  "skatr.npe_components", "skatr.compress_run")
+                  "skatr.npe_components", "skatr.compress_run", "skatr.cv_folds", "skatr.cv_fold",
+                  "skatr.compress_fold_runs")
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
@@ -274,6 +276,8 @@ class ParameterTask(Task):
         self.norm_stats: dict[str, float] | None = None
         self.encoder: dict[str, Any] = {}
         self.train_stats: torch.Tensor | None = None
+        #: a precomputed flow condition per training row (npe with compress_fold_runs), else None
+        self.train_condition: torch.Tensor | None = None
 
     def setup(self, run_dir: Path, resume: bool) -> None:
         cfg = self.cfg
@@ -299,6 +303,9 @@ class ParameterTask(Task):
             raise ConfigError(f"{cfg.lightcone.out}: the training split is empty (lightcone.split)")
         self.n_params = len(self.param_names)
         self.train_pool = train_items(self.sizes["train"], cfg.skatr.train_fraction, cfg.lightcone.split_seed)
+        if cfg.skatr.cv_folds:  # cross-fitting: leave fold cv_fold of the pool out
+            folds = cv_fold_ids(len(self.train_pool), cfg.skatr.cv_folds, cfg.lightcone.split_seed)
+            self.train_pool = self.train_pool[folds != cfg.skatr.cv_fold]
         if self.frozen:
             self.train_stats = self.split_inputs["train"][self.train_pool]  # (n, S, K)
 
@@ -341,7 +348,10 @@ class ParameterTask(Task):
         w = torch.ones(len(rows))
         if self.frozen:
             inputs = self._frozen_train_inputs(rows, derived_seed(seed, step, micro, rank, 3))
-            return {"inputs": inputs, "theta": self.split_theta["train"][rows], "w": w}
+            batch = {"inputs": inputs, "theta": self.split_theta["train"][rows], "w": w}
+            if self.train_condition is not None:
+                batch["condition"] = self.train_condition[torch.from_numpy(rows)]
+            return batch
         x, theta = read_items(self.sets["train"], rows, self.norm_stats,
                               noise_seed=derived_seed(seed, step, micro, rank, 1))
         x = random_symmetries(x, self.n_sym, derived_seed(seed, step, micro, rank, 3))
@@ -363,7 +373,8 @@ class ParameterTask(Task):
                 "summary": s.summary, "encoder": self.encoder, "summary_dim": self.summary_dim,
                 "param_names": self.param_names, "priors": np.asarray(self.priors).tolist(),
                 "data": str(self.cfg.lightcone.out), "train_fraction": s.train_fraction,
-                "n_train": int(len(self.train_pool)), "symmetries": s.symmetries}
+                "n_train": int(len(self.train_pool)), "symmetries": s.symmetries, "cv_folds": s.cv_folds,
+                "cv_fold": s.cv_fold}
 
 
 class RegressTask(ParameterTask):
@@ -476,22 +487,64 @@ class NPETask(ParameterTask):
             compress.components.zero_()
             compress.components[:fitted.components.shape[0]].copy_(fitted.components)  # fewer if N - 1 < C
         elif s.npe_condition == "regression":
-            head, _, meta = load_run(s.compress_run)
-            enc = meta.get("encoder", {})
-            if (enc.get("checkpoint_sha256"), enc.get("weights")) != (self.encoder.get("checkpoint_sha256"),
-                                                                      self.encoder.get("weights")):
-                raise ConfigError(f"skatr.compress_run {s.compress_run} was trained on the summaries of another "
-                                  f"encoder ({enc.get('weights')} weights, checkpoint "
-                                  f"{str(enc.get('checkpoint_sha256'))[:12]}) than this run's {s.encoder_run} "
-                                  f"({s.encoder_weights} weights)")
+            head, _, meta = self._load_head("compress_run", s.compress_run)
+            if meta.get("cv_folds"):
+                raise ConfigError(f"skatr.compress_run {s.compress_run} left fold {meta['cv_fold']} of "
+                                  f"{meta['cv_folds']} out: name the head trained on the whole training pool")
             compress.load_state_dict(head.state_dict())
+            if s.compress_fold_runs:
+                self.train_condition = self._out_of_fold_conditions()
         with torch.no_grad():
-            model.flow.norm.set_stats(model.compress(self.train_stats))
+            if self.train_condition is not None:
+                model.flow.norm.set_stats(self.train_condition[torch.from_numpy(self.train_pool)])
+            else:
+                model.flow.norm.set_stats(model.compress(self.train_stats))
+
+    def _load_head(self, key: str, run: str) -> tuple[nn.Module, Config, dict]:
+        """A frozen-summary regress run of this run's encoder (``skatr.<key>`` = ``run``)."""
+        s = self.cfg.skatr
+        head, hcfg, meta = load_run(run)
+        if meta.get("task") != "regress" or meta.get("summary") != "frozen":
+            raise ConfigError(f"skatr.{key} {run}: a {meta.get('task')} run on {meta.get('summary')} summaries, "
+                              "not a frozen-summary regress run")
+        enc = meta.get("encoder", {})
+        if (enc.get("checkpoint_sha256"), enc.get("weights")) != (self.encoder.get("checkpoint_sha256"),
+                                                                  self.encoder.get("weights")):
+            raise ConfigError(f"skatr.{key} {run} was trained on the summaries of another "
+                              f"encoder ({enc.get('weights')} weights, checkpoint "
+                              f"{str(enc.get('checkpoint_sha256'))[:12]}) than this run's {s.encoder_run} "
+                              f"({s.encoder_weights} weights)")
+        return head, hcfg, meta
+
+    def _out_of_fold_conditions(self) -> torch.Tensor:
+        """(n_train_split, P) head outputs (averaged over the symmetries) of every training-pool light
+        cone by the head of ``skatr.compress_fold_runs`` that did not train on it; NaN off the pool."""
+        s = self.cfg.skatr
+        k = len(s.compress_fold_runs)
+        folds = cv_fold_ids(len(self.train_pool), k, self.cfg.lightcone.split_seed)
+        values = self.split_inputs["train"]
+        cond = torch.full((values.shape[0], self.n_params), float("nan"))
+        seen: set[int] = set()
+        for run in s.compress_fold_runs:
+            head, hcfg, _ = self._load_head("compress_fold_runs", run)
+            h = hcfg.skatr
+            if h.cv_folds != k or h.cv_fold in seen or h.train_fraction != s.train_fraction:
+                raise ConfigError(f"skatr.compress_fold_runs: {run} is fold {h.cv_fold} of {h.cv_folds} at "
+                                  f"train_fraction {h.train_fraction}; need each fold of {k} once at "
+                                  f"train_fraction {s.train_fraction}")
+            seen.add(h.cv_fold)
+            rows = torch.from_numpy(self.train_pool[folds == h.cv_fold])
+            with torch.no_grad():
+                cond[rows] = SymmetryMean(head)(values[rows].float()).float()
+        return cond
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted mean negative log posterior density of the true parameters."""
         w = batch["w"].float()
-        nll = -model(batch["theta"].float(), batch["inputs"]).float()
+        if "condition" in batch:  # cross-fitted training: the out-of-fold head outputs, precomputed
+            nll = -model(batch["theta"].float(), batch["inputs"], condition=batch["condition"].float()).float()
+        else:
+            nll = -model(batch["theta"].float(), batch["inputs"]).float()
         loss = (nll * w).sum() / w.sum().clamp_min(1e-12)
         return loss, {"nll": (nll * w).sum().detach(), "n": w.sum()}
 
