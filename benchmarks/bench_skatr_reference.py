@@ -659,11 +659,14 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     # 1. light cones: the labelled set and the unlabelled pool
     lightcones = stage_lightcones(files["pretrain"], cfgs["pretrain"].lightcone.n)
     pool = stage_lightcones(files["pool"], cfgs["pool"].lightcone.n)
-    for name, lcs in (("labelled light cones", lightcones), ("unlabelled pool", pool)):
+    for key, name, lcs in (("pretrain", "labelled light cones", lightcones), ("pool", "unlabelled pool", pool)):
         if lcs["seconds_per_light_cone"]:
-            accounting.append({"stage": f"{name} (21cmFAST, CPU-s)", "seconds": lcs["seconds_per_light_cone"] *
-                               (lcs["accepted"] + lcs["rejected"]), "note": f"{lcs['accepted']} accepted, "
-                               f"{lcs['rejected']} rejected, {lcs['seconds_per_light_cone']:.1f} s each (accepted)"})
+            workers = cfgs[key].lightcone.workers
+            accounting.append({"stage": f"{name} (21cmFAST, worker-seconds)", "seconds": lcs["seconds_per_light_cone"]
+                               * (lcs["accepted"] + lcs["rejected"]), "note": f"{lcs['accepted']} accepted, "
+                               f"{lcs['rejected']} rejected; {lcs['seconds_per_light_cone']:.1f} s per accepted light "
+                               f"cone in one of {workers} worker processes (rejected ones taken as long), so the "
+                               f"wall-clock is about 1/{workers} of this; partly on a machine shared with other jobs"})
 
     # 2. JEPA on the labelled training split + the pool
     pre_dir = Path(cfgs["pretrain"].train.out_dir)
