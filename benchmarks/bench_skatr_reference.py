@@ -563,7 +563,8 @@ def _markdown_v2(s: dict) -> str:
                      + f" | {_ratio_cell(e['ratios']['goal_mean'])} | {sr['best_step']} / {sr['steps']} / "
                        f"{sr['planned_steps']}, {sr['stopped']} |")
     lines += ["", f"## NPE: ensemble of {s['npe']['info'].get('members') and len(s['npe']['info']['members']) or 1} "
-                  f"flows on the {win} head's outputs ({s['npe'].get('condition', 'in-sample')} training conditions)", "",
+                  f"flows on the {win} head's outputs ({s['npe'].get('condition', 'in-sample')} training "
+                  "conditions)", "",
               f"Test log posterior {npe['log_posterior']:.3f} (prior-normalised units). Largest |coverage − nominal| "
               f"on {s['npe']['info']['n_test']} test light cones: HPD θ-space {npe['calibration_error']:.3f}, logit "
               f"space {npe['calibration_error_logit']:.3f}, TARP {npe['tarp_error']:.3f}; per parameter "

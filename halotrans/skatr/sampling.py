@@ -254,7 +254,8 @@ def markdown(result: dict[str, Any]) -> str:
                          " – | – | – | – | – | – | – | – |")
             continue
         lines.append(
-            f"| {f} | {e['n_nodes']} | {e['seconds_mean']:.1f} ({e.get('seconds_ratio_matched', float('nan')):.2f}×) | "
+            f"| {f} | {e['n_nodes']} | {e['seconds_mean']:.1f} "
+            f"({e.get('seconds_ratio_matched', float('nan')):.2f}×) | "
             f"{e['n_matched']} ({e.get('n_matched_fields', e['n_matched'])}) | {e['tau_abs_diff_mean']:.4f} / "
             f"{e['tau_abs_diff_max']:.4f} ({e['tau_spread']:.4f}) | {e['verdict_flips']} of {e['n_matched']} "
             f"({e.get('flips_to_rejected', '–')} / {e.get('flips_to_accepted', '–')}) | "
