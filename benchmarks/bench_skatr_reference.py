@@ -364,6 +364,19 @@ def probe_summaries(encoders: dict[str, Config]) -> dict[str, dict]:
     return out
 
 
+def no_skill(cfg: Config, true: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """The no-skill control: mean relative error per parameter when every light cone of ``true`` (N, P)
+    (physical units, columns ``names``) is predicted at the training split's mean parameters."""
+    from halotrans.skatr.dataset import denormalize_params
+    from halotrans.skatr.eval import relative_errors
+    from halotrans.skatr.summaries import cache_path, read_summaries
+
+    s = read_summaries(cache_path(cfg), cfg)
+    train = denormalize_params(s.theta[s.splits["train"]].astype(np.float64), np.asarray(s.priors, dtype=np.float64))
+    mean = train[:, [list(s.param_names).index(p) for p in names]].mean(0)
+    return dict(zip(names, map(float, relative_errors(np.broadcast_to(mean, true.shape), true))))
+
+
 def _pretrain_summary(run_dir: Path, ledger: dict) -> dict:
     """Steps, wall-clock and the last logged JEPA loss and collapse monitor of the pretraining."""
     import csv
@@ -508,6 +521,10 @@ def goal_checks(s: dict) -> list[dict]:
     return goals
 
 
+def _cell(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
 def _ratio_cell(r: dict) -> str:
     return f"{r['ratio']:.2f} [{r['lower']:.2f}, {r['upper']:.2f}]"
 
@@ -543,13 +560,16 @@ def _markdown_v2(s: dict) -> str:
     lines += ["", f"## Frozen {win}-encoder summary against the ViT from scratch (test, {s['splits'][2]} light cones)", "",
               "Relative error = mean |prediction − truth| / |truth|; both at their best validation checkpoint, "
               "predictions averaged over the 8 transverse symmetries; ratio = frozen / scratch with its paired "
-              f"bootstrap {BOOT_LEVEL:.0%} interval.", "",
-              "| parameter | frozen rel. error | scratch rel. error | ratio [interval] | regression-pretrained "
-              "rel. error | NPE rel. error | frozen R² | scratch R² | NPE R² |", "|---|---|---|---|---|---|---|---|---|"]
+              f"bootstrap {BOOT_LEVEL:.0%} interval; no skill = every test light cone predicted at the training "
+              "split's mean parameters (the control a summary must beat; R² ≈ 0).", "",
+              "| parameter | no-skill rel. error | frozen rel. error | scratch rel. error | ratio [interval] | "
+              "regression-pretrained rel. error | NPE rel. error | frozen R² | scratch R² | NPE R² |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     fr, sc = full["frozen_metrics"], full["scratch_metrics"]
     for p in names:
         r = full["ratios"][p]
-        lines.append(f"| {p} | {r['frozen']:.4f} | {r['scratch']:.4f} | {_ratio_cell(r)} | "
+        lines.append(f"| {p} | {_cell(s.get('no_skill', {}).get(p))} | {r['frozen']:.4f} | {r['scratch']:.4f} | "
+                     f"{_ratio_cell(r)} | "
                      f"{regpre['relative_error'][p]:.4f} | {npe['relative_error'][p]:.4f} | {fr['r2'][p]:.3f} | "
                      f"{sc['r2'][p]:.3f} | {npe['r2'][p]:.3f} |")
     lines += ["", "## Data efficiency (SKATR's figure): frozen / scratch on a fraction of the training split", "",
@@ -620,13 +640,14 @@ def _results_block_v2(s: dict) -> str:
              f"{tuple(lc['shape'])}, splits {s['splits']}, pool {s['pool']['accepted']}; JEPA "
              f"{pre['train_seconds'] / 60:.0f} min ({pre['steps']} of {pre['planned_steps']} steps), summary from the "
              f"{s['ab']['winner']} encoder (validation A/B); report: `benchmarks/reference_skatr/`.", "",
-             "| parameter | frozen rel. error | scratch rel. error | ratio [95 % bootstrap] (goal ≤ 1.10, upper ≤ 1.15) "
-             "| at 25 % | NPE rel. error |", "|---|---|---|---|---|---|"]
+             "| parameter | no-skill rel. error | frozen rel. error | scratch rel. error | ratio [95 % bootstrap] "
+             "(goal ≤ 1.10, upper ≤ 1.15) | at 25 % | NPE rel. error |", "|---|---|---|---|---|---|---|"]
     quarter = s["efficiency"].get(f"{pct(0.25)}")
     for p in s["param_names"]:
         r = full["ratios"][p]
         q = _ratio_cell(quarter["ratios"][p]) if quarter else "–"
-        lines.append(f"| {p} | {r['frozen']:.4f} | {r['scratch']:.4f} | {_ratio_cell(r)} | {q} | "
+        lines.append(f"| {p} | {_cell(s.get('no_skill', {}).get(p))} | {r['frozen']:.4f} | {r['scratch']:.4f} | "
+                     f"{_ratio_cell(r)} | {q} | "
                      f"{npe['relative_error'][p]:.4f} |")
     met = sum(g["met"] for g in s["goals"])
     lines += ["", f"NPE coverage gap {npe['calibration_error']:.3f} (θ), {npe['calibration_error_logit']:.3f} (logit), "
@@ -794,6 +815,7 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
                                 "metrics": npe_reports[v]["metrics"]} for v in NPE_VARIANTS}},
         "regpre": {"info": regpre["info"], "metrics": regpre["metrics"]},
         "efficiency": efficiency, "probes": probe_summaries(encoders), "accounting": accounting,
+        "no_skill": no_skill(ab_runs[winner]["cfg"], reports[winner]["arrays"]["true"], names),
     }
     summary["goals"] = goal_checks(summary)
     summary["notes"] = _notes(publish)

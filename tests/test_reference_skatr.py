@@ -128,6 +128,7 @@ def _summary_v2(ratio: float = 1.05, upper: float = 1.12, quarter: float = 0.9, 
                                               for w, v in (("target", 0.1), ("context", 0.09))}},
          "npe": {"info": {"n_test": 300, "members": ["a", "b", "c", "d", "e"]}, "metrics": npe,
                  "condition": "cross-fitted"},
+         "no_skill": dict.fromkeys(PARAMS, 0.25),
          "npe_ab": {"winner": "cross-fitted", "folds": 5,
                     "runs": {"in-sample": {"val_loss": 1.9, "best_val_loss": [1.9] * 5,
                                            "metrics": {**npe, "calibration_error": 0.21}},
@@ -159,10 +160,11 @@ def test_v2_tables_show_the_ab_the_intervals_the_efficiency_the_probes_and_the_c
     for text in ("context (kept)", "1.05 [0.98, 1.12]", "| 10 % | 60 |", "900 / 1200 / 2000, patience",
                  "effective rank", "| untrained | 3.0 (of 144)", "JEPA pretraining | 10500", "Goals met: 9 of 9",
                  "calibrated posterior at this n", "npe_calibration.png", "(cross-fitted training conditions)",
-                 "| cross-fitted (kept) | 1.7000 |", "| in-sample | 1.9000 | 0.210 /"):
+                 "| cross-fitted (kept) | 1.7000 |", "| in-sample | 1.9000 | 0.210 /", "| omega_m | 0.2500 | "):
         assert text in md, text
     block = sk.results_block(s)
     assert "1000 labelled light cones" in block and "Goals met: 9 of 9." in block and "0.90 [" in block
+    assert "| omega_m | 0.2500 | " in block
     rows = sk.rows_of(s)
     assert rows[0]["ratio"] == pytest.approx(1 / 1.05) and "ratio 1.05 [0.98, 1.12]" in rows[0]["note"]
 
@@ -195,6 +197,7 @@ def test_quick_run_goes_through_every_stage_and_resumes_without_redoing_work(tmp
     assert ab["winner"] == min(ab["runs"], key=lambda v: ab["runs"][v]["val_loss"]) == s["npe"]["condition"]
     assert all(len(r["best_val_loss"]) == sk.QUICK_NPE_MEMBERS for r in ab["runs"].values())
     assert sum("without fold" in a["stage"] for a in s["accounting"]) == sk.QUICK_CV_FOLDS
+    assert set(s["no_skill"]) == set(s["param_names"]) and all(v > 0 for v in s["no_skill"].values())
     for key in ("50", "100"):
         r = s["efficiency"][key]["scratch_run"]
         assert r["steps"] <= r["planned_steps"] and r["best_step"] <= r["steps"]
