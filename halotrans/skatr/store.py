@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,8 @@ def _part_files(out: Path) -> dict[int, Path]:
     return {int(m.group(1)): p for p in d.iterdir() if (m := _PART.fullmatch(p.name))}
 
 
-def generated_records(out: str | os.PathLike, settings: str, seeds=None):
+def generated_records(out: str | os.PathLike, settings: str,
+                      seeds: Iterable[int] | None = None) -> Iterator[dict[str, Any]]:
     """Yield one dict per finished seed of a ``lightcones`` run (its data set ``out`` and its part
     files, the parts winning): ``seed``, ``params`` (6,), ``tau``, ``x_hi_zmin``, ``seconds`` (NaN where
     not kept), ``reason`` ('' = accepted) and ``brightness_temp`` (X, Y, Z) float32 [mK] for accepted
