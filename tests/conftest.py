@@ -15,6 +15,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from tests.helpers import BIN, TINY_LIGHTCONES, halotrans_cli, write_synthetic_boxes  # noqa: E402  (after the environment)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny networks train several times faster on one thread than on two busy cores (no OpenMP
+    hand-offs) and do not fight other jobs for the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def mpiexec() -> list[str]:
     """The mpiexec command line prefix (skips if no MPI launcher is installed)."""

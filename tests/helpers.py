@@ -114,3 +114,22 @@ TINY_VIT = ("model.hidden_size=48", "model.mlp_dim=96", "model.depth=2", "jepa.p
             "jepa.predictor_mlp_dim=48", "jepa.predictor_depth=2", "jepa.mask_targets=2",
             "jepa.target_scale=[0.25,0.25]")
 CPU = ("train.bf16=false", "train.torch_adam=true", "train.warmup_steps=2", "train.log_every=1")
+
+
+def val_loss_of(model, cfg, meta: dict, box_file: Path) -> float:
+    """The class-weighted cross-entropy of a loaded segmentation ``model`` on the validation tiles of
+    ``box_file``, as the training loop logs ``val_loss`` (``cfg.data.val_max_crops`` tiles, batches of 2)."""
+    import torch
+    import torch.nn.functional as F
+
+    from halotrans.data.boxes import IGNORE_INDEX, BoxDataset
+
+    val_set = BoxDataset([box_file], meta["inputs"], meta["class_edges"], meta["norm_stats"], meta["img_size"],
+                         augment=False)
+    w = torch.tensor(meta["class_weights"])
+    loss_sum = weight_sum = 0.0
+    with torch.no_grad():
+        for x, y in val_set.tile_batches(cfg.data.val_max_crops, 2, rank=0, world_size=1):
+            loss_sum += float(F.cross_entropy(model(x), y, weight=w, ignore_index=IGNORE_INDEX, reduction="sum"))
+            weight_sum += float(w[y[y != IGNORE_INDEX]].sum())
+    return loss_sum / weight_sum

@@ -264,15 +264,6 @@ def test_build_model_errors_name_the_keys():
         cfg(name="copra", kernel_size=7)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks: one thread is as fast and does not fight other jobs for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", ["vipr", "copra"])
 def test_networks_learn_a_local_rule(name, one_thread):
     """Voxel class = sign of the input field smoothed over 3³: both networks fit it within 40 Adam steps."""

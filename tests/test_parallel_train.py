@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from halotrans.data.boxes import IGNORE_INDEX, BoxDataset
 from halotrans.sims.boxio import box_path
 from halotrans.train.checkpoint import load_for_inference
+from tests.helpers import val_loss_of
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -114,15 +113,7 @@ def test_dp2_sp2_follows_dp2_with_identical_replicas(boxes, tmp_path):
     assert_same_curves(sp_run, dp_run, ("loss", "grad_norm", "val_loss", "val_acc"))
     # model.pt (zero_to_fp32 over the 4 ranks' partitions) holds the weights the SP run validated with
     model, cfg, meta = load_for_inference(sp_run)
-    val_set = BoxDataset([box_path(boxes, 2)], meta["inputs"], meta["class_edges"], meta["norm_stats"],
-                         meta["img_size"], augment=False)
-    w = torch.tensor(meta["class_weights"])
-    loss_sum = weight_sum = 0.0
-    with torch.no_grad():
-        for x, y in val_set.tile_batches(cfg.data.val_max_crops, 2, rank=0, world_size=1):
-            loss_sum += float(F.cross_entropy(model(x), y, weight=w, ignore_index=IGNORE_INDEX, reduction="sum"))
-            weight_sum += float(w[y[y != IGNORE_INDEX]].sum())
-    assert loss_sum / weight_sum == pytest.approx(metrics(sp_run)["val_loss"][4], rel=1e-5)
+    assert val_loss_of(model, cfg, meta, box_path(boxes, 2)) == pytest.approx(metrics(sp_run)["val_loss"][4], rel=1e-5)
 
 
 def test_copra_sp2_under_zero3_has_the_dp_gradients(boxes, tmp_path):

@@ -182,15 +182,6 @@ def test_bad_skatr_inputs_exit_with_status_2(lightcones, tmp_path):
 
 # --- NPE head on a toy problem with a known posterior --------------------------------------------
 
-@pytest.fixture
-def one_thread():
-    """Small networks train ~6x faster on one thread than on two busy cores (no OpenMP hand-offs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_flow_posterior_recovers_a_known_gaussian_posterior(one_thread):
     """θ ~ N(0, I₂), x = θ + σ ε: the posterior is N(x / (1 + σ²), σ² / (1 + σ²) I₂)."""
     torch.manual_seed(0)

@@ -13,13 +13,11 @@ import numpy as np
 import psutil
 import pytest
 import torch
-import torch.nn.functional as F
 
 from halotrans.config import ConfigError
-from halotrans.data.boxes import IGNORE_INDEX, BoxDataset
 from halotrans.sims.boxio import box_path
 from halotrans.train.checkpoint import latest_tag, load_for_inference
-from tests.helpers import halotrans_cli, run, subprocess_env, write_synthetic_boxes
+from tests.helpers import halotrans_cli, run, subprocess_env, val_loss_of, write_synthetic_boxes
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -104,15 +102,7 @@ def test_two_ranks_lower_the_loss_and_write_the_run(name, trained_run, boxes):
     # model.pt is the trained network, and meta has all it needs: its loss on the validation tiles is the logged one
     model, cfg, meta = load_for_inference(out, inputs=("delta", "T"), class_edges=(12.5, 13.0, 13.5))
     assert not model.training and meta["step"] == 30 and meta["n_classes"] == 5 and meta["in_channels"] == 2
-    val_set = BoxDataset([box_path(boxes, 2)], meta["inputs"], meta["class_edges"], meta["norm_stats"],
-                         meta["img_size"], augment=False)
-    w = torch.tensor(meta["class_weights"])
-    loss_sum = weight_sum = 0.0
-    with torch.no_grad():
-        for x, y in val_set.tile_batches(cfg.data.val_max_crops, 2, rank=0, world_size=1):
-            loss_sum += float(F.cross_entropy(model(x), y, weight=w, ignore_index=IGNORE_INDEX, reduction="sum"))
-            weight_sum += float(w[y[y != IGNORE_INDEX]].sum())
-    assert loss_sum / weight_sum == pytest.approx(val[30], rel=1e-4)
+    assert val_loss_of(model, cfg, meta, box_path(boxes, 2)) == pytest.approx(val[30], rel=1e-4)
     # the same weights from the DeepSpeed checkpoint
     ckpt_model, _, ckpt_meta = load_for_inference(out, tag="step_00000030")
     assert ckpt_meta["step"] == 30
