@@ -73,6 +73,7 @@ def test_forced_neutral_fraction_rejection(tmp_path):
                          "--set", "lightcone.x_hi_max=-1", "--set", "lightcone.max_attempts=1",
                          cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "only 0 of 1 accepted" in proc.stderr
+    assert "0 accepted, 1 rejected in all; this run computed 1 light cones (rejected: {'x_HI(z=5)': 1})" in proc.stdout
     with h5py.File(tmp_path / "r.h5") as f:
         assert f["brightness_temp"].shape == (0, 8, 8, 45)
         assert list(f["rejected/seeds"][...]) == [0]

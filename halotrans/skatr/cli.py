@@ -130,9 +130,9 @@ def run_lightcones(args: argparse.Namespace) -> int:
         return 2
     res = generate_lightcones(cfg, progress=not args.no_progress)
     per_lc = res["wall_s"] / res["computed"] if res["computed"] else float("nan")
-    print(f"{cfg.out}: {res['accepted']} accepted, {res['rejected']} rejected {res['reasons'] or ''}; "
-          f"this run computed {res['computed']} light cones in {res['wall_s']:.1f} s with {cfg.workers} "
-          f"worker(s): {per_lc:.1f} s wall per light cone, {res['mean_lc_s']:.1f} s each in a worker")
+    print(f"{cfg.out}: {res['accepted']} accepted, {res['rejected']} rejected in all; this run computed "
+          f"{res['computed']} light cones (rejected: {res['reasons'] or 'none'}) in {res['wall_s']:.1f} s with "
+          f"{cfg.workers} worker(s): {per_lc:.1f} s wall per light cone, {res['mean_lc_s']:.1f} s each in a worker")
     if res["accepted"] < cfg.n:
         print(f"only {res['accepted']} of {cfg.n} accepted after max_attempts seeds; "
               "widen the priors or raise lightcone.max_attempts", file=sys.stderr)

@@ -62,7 +62,8 @@ def _simulate_and_store(cfg: LightConeConfig, seed: int, settings: str) -> tuple
 
 
 def generate_lightcones(cfg: LightConeConfig, progress: bool = True) -> dict:
-    """Make (or resume, or extend) the data set ``cfg.out``; returns counts and timings.
+    """Make (or resume, or extend) the data set ``cfg.out``; returns the data set's ``accepted`` and
+    ``rejected`` counts, and this run's ``computed`` light cones, timings and rejection ``reasons``.
 
     Seeds ``cfg.seed, cfg.seed+1, ...`` are tried in order until ``cfg.n`` are accepted or
     ``max_attempts`` (default 10·n) seeds are used up; seeds already finished (in ``out`` or in
