@@ -191,8 +191,8 @@ def _markdown_v2(s: dict) -> str:
               f"bootstrap {BOOT_LEVEL:.0%} interval; no skill = every test light cone predicted at the training "
               "split's mean parameters (the control a summary must beat; R² ≈ 0). There is no label ceiling "
               "for this table: the parameters are exact, but how well a single light cone determines them "
-              "(cosmic variance of its initial conditions, 14 × 14 pixels across the sky) is not known "
-              "independently of the models, so no column claims the best error reachable.", "",
+              f"(cosmic variance of its initial conditions, {lc['shape'][0]} × {lc['shape'][1]} pixels across the "
+              "sky) is not known independently of the models, so no column claims the best error reachable.", "",
               "| parameter | no-skill rel. error | frozen rel. error | scratch rel. error | ratio [interval] | "
               "regression-pretrained rel. error | NPE rel. error | frozen R² | scratch R² | NPE R² |",
               "|---|---|---|---|---|---|---|---|---|---|"]
