@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,8 +137,11 @@ def test_sigkilled_generator_resumes_without_duplicates(tmp_path):
     done_before = len(list(parts.glob("seed_*.h5")))
     assert 1 <= done_before < 3
 
-    res = halotrans_cli(*args[3:], cwd=tmp_path, timeout=600)
+    res = halotrans_cli(*[a for a in args[3:] if a != "--no-progress"], cwd=tmp_path, timeout=600)
     assert f"computed {3 - done_before} light cones" in res.stdout
+    # the progress bar starts at the light cones already made (so its rate and ETA are this run's)
+    frames = re.findall(r"\| (\d)/3 \[", res.stderr)
+    assert frames[0] == str(done_before) and frames[-1] == "3", res.stderr
     with h5py.File(tmp_path / "out" / "k.h5") as f:
         assert list(f["seeds"][...]) == [0, 1, 2] and len(f["rejected/seeds"]) == 0
         assert f["brightness_temp"].shape == (3, 8, 8, 45) and np.isfinite(f["brightness_temp"][...]).all()

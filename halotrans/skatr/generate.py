@@ -81,7 +81,10 @@ def generate_lightcones(cfg: LightConeConfig, progress: bool = True) -> dict:
     seconds: list[float] = []
     in_flight: dict[Future, int] = {}
     pool: ProcessPoolExecutor | None = None
-    bar = tqdm(total=cfg.n, desc=Path(cfg.out).name, unit="lc", disable=not progress, file=sys.stderr)
+    # the bar starts at the light cones already accepted, so its rate and ETA are this run's
+    resumed = sum(bool(ok) for s, ok in done.items() if cfg.seed <= s < stop)
+    bar = tqdm(total=cfg.n, initial=min(cfg.n, resumed), desc=Path(cfg.out).name, unit="lc",
+               disable=not progress, file=sys.stderr)
     t_start = time.perf_counter()
     try:
         while True:
@@ -89,7 +92,6 @@ def generate_lightcones(cfg: LightConeConfig, progress: bool = True) -> dict:
                 if next_seed in done:
                     accepted += done[next_seed]
                     rejected += not done[next_seed]
-                    bar.update(int(done[next_seed]))
                 else:
                     if pool is None:
                         pool = ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
