@@ -440,6 +440,14 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
                         "note": f"best step {ab_runs[w]['best_step']} of {ab_runs[w]['steps']}"}]
     winner = min(WEIGHTS, key=lambda w: ab_runs[w]["best_val_loss"])
     win_dir = work / f"regress_{winner}"
+    # the head's input on the kept encoder: the configured one against the other (whitened / standardised)
+    configured = cfgs["regress"].skatr.head_input
+    alt = "standardize" if configured == "whiten" else "whiten"
+    alt_cfg, alt_file = derive(files, "regress", f"regress_{winner}_{alt}", work,
+                               [f"skatr.encoder_weights={winner}", f"skatr.head_input={alt}"])
+    alt_s = harness.stage_fixed(f"regression head on the {winner} encoder's summary, {alt} input", alt_cfg, alt_file)
+    input_ab = {"configured": configured, "alternative": alt, "run": run_record(Path(alt_cfg.train.out_dir), wall_s=alt_s)}
+    accounting.append({"stage": f"regression head, {winner} encoder, {alt} input (A/B)", "seconds": alt_s})
 
     # 4. NPE ensembles on the kept head's outputs, trained on in-sample or cross-fitted conditions (A/B)
     folds = QUICK_CV_FOLDS if quick else CV_FOLDS
@@ -508,6 +516,7 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
 
     # --- test-set evaluation, diagnostics, goals ------------------------------------------------
     reports = {w: evaluated(f"regress_{w}", [work / f"regress_{w}"], out) for w in WEIGHTS}
+    input_ab["metrics"] = evaluated(f"regress_{alt}", [Path(alt_cfg.train.out_dir)], out)["metrics"]
     npe_reports = {v: evaluated("npe" if v == npe_winner else f"npe_{v.replace('-', '_')}", npe_ab[v]["dirs"], out)
                    for v in NPE_VARIANTS}
     npe = npe_reports[npe_winner]
@@ -535,6 +544,7 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
         "pretrain": pretrain,
         "ab": {"winner": winner, "runs": {w: {**{k: v for k, v in ab_runs[w].items() if k != "cfg"},
                                               "metrics": reports[w]["metrics"]} for w in WEIGHTS}},
+        "head_input_ab": input_ab,
         "npe": {"info": npe["info"], "metrics": npe["metrics"], "condition": npe_winner},
         "npe_ab": {"winner": npe_winner, "folds": folds,
                    "runs": {v: {"val_loss": npe_ab[v]["val_loss"], "best_val_loss": npe_ab[v]["best_val_loss"],

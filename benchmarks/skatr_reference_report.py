@@ -180,11 +180,23 @@ def _markdown_v2(s: dict) -> str:
              f"{pre['last_logged'].get('val_loss', float('nan')):.4f}, target-embedding spread "
              f"{pre['last_logged'].get('val_std_target', float('nan')):.3f} (0 would be collapse).", "",
              "## Which encoder summarises (A/B on the validation split)", "",
-             "| encoder | best validation L1 | at step | test mean rel. error | test mean R² |", "|---|---|---|---|---|"]
-    for w in ab["runs"]:
-        r = ab["runs"][w]
-        lines.append(f"| {w}{' (kept)' if w == win else ''} | {r['best_val_loss']:.4f} | {r['best_step']} | "
+             "| encoder (head input) | best validation L1 | at step | test mean rel. error | test mean R² |",
+             "|---|---|---|---|---|"]
+    hab = s.get("head_input_ab")
+    rows = [(f"{w} ({hab['configured']})" if hab else w, w == win, ab["runs"][w]) for w in ab["runs"]]
+    if hab:  # the kept encoder with the other head input: kept when the configured one is better on validation
+        rows.append((f"{win} ({hab['alternative']})", False, {**hab["run"], "metrics": hab["metrics"]}))
+    for label, kept, r in rows:
+        lines.append(f"| {label}{' (kept)' if kept else ''} | {r['best_val_loss']:.4f} | {r['best_step']} | "
                      f"{r['metrics']['relative_error_mean']:.4f} | {r['metrics']['r2_mean']:.3f} |")
+    if hab:
+        lines += ["", (f"Head input: `{hab['configured']}` (configured, chosen on validation) against "
+                       f"`{hab['alternative']}` on the {win} encoder's summary; `whiten` = PCA whitening fitted on "
+                       "the training summaries, `standardize` = per feature. The test columns were not used to "
+                       "choose.")]
+        if hab["run"]["best_val_loss"] < ab["runs"][win]["best_val_loss"]:
+            lines += ["", (f"**The alternative `{hab['alternative']}` is better on validation: set "
+                           f"`skatr.head_input: {hab['alternative']}` in the regress config and rerun.**")]
     lines += ["", f"## Frozen {win}-encoder summary against the ViT from scratch (test, {s['splits'][2]} light cones)", "",
               "Relative error = mean |prediction − truth| / |truth|; both at their best validation checkpoint, "
               "predictions averaged over the 8 transverse symmetries; ratio = frozen / scratch with its paired "

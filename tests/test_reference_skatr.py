@@ -50,6 +50,7 @@ def test_the_stages_read_one_light_cone_set_the_pool_is_disjoint_and_the_peer_is
     assert cfgs["npe"].skatr.npe_condition == "regression"
     assert cfgs["regpre"].skatr.encoder_run == str(tmp_path / "scratch") and cfgs["regpre"].skatr.summary == "frozen"
     assert cfgs["regpre"].skatr.head_hidden == cfgs["regress"].skatr.head_hidden
+    assert cfgs["regpre"].skatr.head_input == cfgs["regress"].skatr.head_input == "whiten"
     for stage in ("regress", "npe", "regpre"):
         assert cfgs[stage].train.time_budget_s is None
     assert cfgs["scratch"].model == pre.model and cfgs["scratch"].skatr.summary == "scratch"
@@ -127,6 +128,8 @@ def _summary_v2(ratio: float = 1.05, upper: float = 1.12, quarter: float = 0.9, 
                       "last_logged": {"val_loss": 0.3, "val_std_target": 0.2}},
          "ab": {"winner": "context", "runs": {w: {"best_val_loss": v, "best_step": 500, "metrics": m(0.6, 0.1)}
                                               for w, v in (("target", 0.1), ("context", 0.09))}},
+         "head_input_ab": {"configured": "whiten", "alternative": "standardize", "metrics": m(0.2, 0.15),
+                           "run": {"best_val_loss": 0.12, "best_step": 300}},
          "npe": {"info": {"n_test": 300, "members": ["a", "b", "c", "d", "e"]}, "metrics": npe,
                  "condition": "cross-fitted"},
          "no_skill": dict.fromkeys(PARAMS, 0.25),
@@ -158,12 +161,16 @@ def test_goal_checks_of_issue_16_with_their_margins():
 def test_v2_tables_show_the_ab_the_intervals_the_efficiency_the_probes_and_the_costs():
     s = _summary_v2()
     md = sk.summary_markdown(s)
-    for text in ("context (kept)", "1.05 [0.98, 1.12]", "| 10 % | 60 |", "900 / 1200 / 2000, patience",
+    for text in ("| context (whiten) (kept) | 0.0900 |", "| target (whiten) | 0.1000 |",
+                 "| context (standardize) | 0.1200 | 300 | 0.1500 | 0.200 |", "1.05 [0.98, 1.12]", "| 10 % | 60 |", "900 / 1200 / 2000, patience",
                  "effective rank", "| untrained | 3.0 (of 144)", "JEPA pretraining | 10500", "Goals met: 9 of 9",
                  "calibrated posterior at this n", "npe_calibration.png", "(cross-fitted training conditions)",
                  "| cross-fitted (kept) | 1.7000 |", "| in-sample | 1.9000 | 0.210 /", "| omega_m | 0.2500 | ",
                  "There is no label ceiling"):
         assert text in md, text
+    assert "is better on validation" not in md
+    s["head_input_ab"]["run"]["best_val_loss"] = 0.05  # the alternative head input wins on validation: flagged
+    assert "**The alternative `standardize` is better on validation" in sk.summary_markdown(s)
     block = sk.results_block(s)
     assert "1000 labelled light cones" in block and "Goals met: 9 of 9." in block and "0.90 [" in block
     assert "| omega_m | 0.2500 | " in block
@@ -193,6 +200,9 @@ def test_quick_run_goes_through_every_stage_and_resumes_without_redoing_work(tmp
     assert s["version"] == 2 and s["lightcones"]["accepted"] == 10 and s["pool"]["accepted"] == sk.QUICK_POOL_N
     assert s["pretrain"]["light_cones"] == s["splits"][0] + sk.QUICK_POOL_N and sum(s["splits"]) == 10
     assert s["ab"]["winner"] in sk.WEIGHTS and set(s["efficiency"]) == {"50", "100"}
+    hab = s["head_input_ab"]  # the configured (whitened) head input against per-feature standardisation
+    assert (hab["configured"], hab["alternative"]) == ("whiten", "standardize") and hab["run"]["best_val_loss"] > 0
+    assert (tmp_path / "w" / f"regress_{s['ab']['winner']}_standardize" / "model.pt").is_file()
     assert len(s["npe"]["info"]["members"]) == sk.QUICK_NPE_MEMBERS and set(s["probes"]) >= {"target", "untrained"}
     ab = s["npe_ab"]  # the flows' training conditions: in-sample against cross-fitted, kept on validation
     assert set(ab["runs"]) == set(sk.NPE_VARIANTS) and ab["folds"] == sk.QUICK_CV_FOLDS

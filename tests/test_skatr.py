@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from halotrans.io import DataError
-from halotrans.models.heads import FlowPosterior
+from halotrans.models.heads import FlowPosterior, RegressionHead, Standardize, Whiten
 from halotrans.skatr.calibration import calibrated_band, calibration_metrics, logit_log_density
 from halotrans.skatr.compress import SymmetryMean, fit_pca
 from halotrans.skatr.data import N_SYMMETRIES, random_symmetries, transverse_symmetry
@@ -281,6 +281,28 @@ def test_pca_compression_keeps_the_leading_directions_and_averages_over_symmetri
     stacked = torch.stack([x[:4], x[4:8]], dim=1)  # (4, S=2, K)
     torch.testing.assert_close(sym(stacked), (pca(x[:4]) + pca(x[4:8])) / 2)
     torch.testing.assert_close(sym(x[:4]), pca(x[:4]))
+
+
+def test_whitening_equalises_an_anisotropic_summary_above_its_floor():
+    """JEPA summaries span decades of variance: whitening maps a principal direction of variance λ to
+    λ / (λ + floor·λ_max), unit variance well above the floor (1e-2 of the largest) and shrunk below it;
+    the default is the identity."""
+    torch.manual_seed(0)
+    scales = torch.tensor([100.0, 30.0, 10.0, 0.1, 1e-4])  # standard deviations: variances 1e4 ... 1e-8
+    basis = torch.linalg.qr(torch.randn(5, 5))[0]
+    x = (torch.randn(4000, 5) * scales) @ basis.T + 7.0
+    w = Whiten(5)
+    torch.testing.assert_close(w(x), x)  # identity until fitted
+    w.set_stats(x)
+    lam = torch.linalg.eigvalsh(torch.cov(x.T.double()))
+    out = torch.linalg.eigvalsh(torch.cov(w(x).T.double()))
+    torch.testing.assert_close(out, lam / (lam + 1e-2 * lam.max()), rtol=1e-4, atol=1e-9)
+    assert w(x).mean(0).abs().max() < 1e-4 and out[-1] > 0.98 and out[-2] > 0.85  # 1e4 and 900: about unit variance
+    assert out[0] < 1e-9  # 1e-8: numerical noise stays small
+    with pytest.raises(ValueError, match="non-finite"):
+        w.set_stats(torch.cat([x[:10], torch.full((1, 5), float("nan"))]))
+    assert isinstance(RegressionHead(5, 2).norm, Standardize)
+    assert set(RegressionHead(5, 2, whiten=True).state_dict()) >= {"norm.mean", "norm.transform"}
 
 
 def test_a_calibrated_posterior_wanders_as_measured():

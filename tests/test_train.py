@@ -111,6 +111,7 @@ def test_metrics_log_resume_drops_later_and_torn_rows(tmp_path):
     ("jepa", "lightcone.los_multiple=5", True),
     ("jepa", "lightcone.workers=7", False),
     ("regress", "skatr.head_hidden=17", True),
+    ("regress", "skatr.head_input=whiten", True),
     ("npe", "skatr.flow_bins=3", True),
     ("npe", "skatr.posterior_samples=9", False),
 ])

@@ -53,6 +53,40 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class Whiten(nn.Module):
+    """PCA whitening ``(x − mean) @ transform``, ``transform = V (Λ + floor·λ_max)^−½`` from the
+    covariance's eigenvectors V and eigenvalues Λ; buffers saved with the model (identity by default).
+
+    Frozen JEPA summaries are strongly anisotropic (in the SKATR reference the standardised
+    covariance's eigenvalues span ~30 to ~1e-6), which leaves gradient descent blind to the
+    low-variance directions a least-squares fit uses; whitening equalises them. A direction of
+    variance λ leaves with variance λ / (λ + floor·λ_max): 1 well above the floor, shrunk below it,
+    so that directions of numerical noise are not blown up.
+    """
+
+    def __init__(self, features: int, floor: float = 1e-2):
+        super().__init__()
+        self.floor = floor
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("transform", torch.eye(features))
+
+    def set_stats(self, x: torch.Tensor) -> None:
+        """Take the statistics from samples ``x`` (N, features), N >= 2."""
+        if x.shape[0] < 2 or not torch.isfinite(x).all():
+            raise ValueError(f"whitening needs >= 2 finite samples, got {tuple(x.shape)} "
+                             f"({int((~torch.isfinite(x)).sum())} non-finite values)")
+        x64 = x.double()
+        mean = x64.mean(0)
+        lam, vec = torch.linalg.eigh(torch.cov((x64 - mean).T))
+        lam = lam.clamp_min(0)
+        scale = lam + self.floor * lam.max()
+        self.mean.copy_(mean)
+        self.transform.copy_(vec / scale.sqrt() if float(lam.max()) > 0 else torch.eye(len(mean)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.transform
+
+
 def mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
     """``depth`` hidden Linear+GELU layers of ``hidden`` features, then a Linear to ``out_features``."""
     layers: list[nn.Module] = []
@@ -64,11 +98,12 @@ def mlp(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequ
 
 
 class RegressionHead(nn.Module):
-    """Standardise the summary, MLP, sigmoid: (B, K) → (B, P) parameters in [0, 1] (prior-normalised)."""
+    """Standardise (or, with ``whiten``, PCA-whiten: :class:`Whiten`) the summary, MLP, sigmoid:
+    (B, K) → (B, P) parameters in [0, 1] (prior-normalised)."""
 
-    def __init__(self, in_features: int, n_params: int, hidden: int = 256, depth: int = 2):
+    def __init__(self, in_features: int, n_params: int, hidden: int = 256, depth: int = 2, whiten: bool = False):
         super().__init__()
-        self.norm = Standardize(in_features)
+        self.norm = Whiten(in_features) if whiten else Standardize(in_features)
         self.mlp = mlp(in_features, n_params, hidden, depth)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:

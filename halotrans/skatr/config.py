@@ -192,9 +192,12 @@ class SkatrConfig:
     (fixed noise per light cone); training light cones get fresh noise every step.
     ``train_fraction``: use this fraction of the training split (nested subsets; data-efficiency curves).
     Heads: MLP of ``head_depth`` hidden layers of ``head_hidden`` features (regression, sigmoid
-    output in the prior-normalised [0, 1] units), and a rational-quadratic spline autoregressive
-    flow of ``flow_transforms`` layers (``flow_hidden`` features, ``flow_bins`` bins) on the
-    logit of the normalised parameters, conditioned on an MLP embedding of the summary.
+    output in the prior-normalised [0, 1] units; ``head_input``: how a frozen summary enters it,
+    ``standardize`` per feature or ``whiten`` = PCA whitening fitted on the training summaries, for
+    anisotropic JEPA summaries; the scratch ViT's learned features enter as they are), and a
+    rational-quadratic spline autoregressive flow of ``flow_transforms`` layers (``flow_hidden``
+    features, ``flow_bins`` bins) on the logit of the normalised parameters, conditioned on an MLP
+    embedding of the summary.
     ``posterior_samples``: samples per test light cone in ``skatr report``.
 
     Unlabelled pretraining pool: ``pretrain_data`` names another light-cone file (same grid and
@@ -233,6 +236,7 @@ class SkatrConfig:
     train_fraction: float = 1.0
     head_hidden: int = 256
     head_depth: int = 2
+    head_input: Literal["standardize", "whiten"] = "standardize"
     flow_transforms: int = 4
     flow_hidden: int = 64
     flow_bins: int = 8

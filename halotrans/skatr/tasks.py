@@ -258,10 +258,10 @@ class ParameterTask(Task):
     """
 
     model_keys = ("model", *LIGHTCONE_INPUT_KEYS, "skatr.summary", "skatr.encoder_run", "skatr.encoder_weights",
-                  "skatr.train_fraction", "skatr.head_hidden", "skatr.head_depth", "skatr.flow_transforms",
-                  "skatr.flow_hidden", "skatr.flow_bins", "skatr.symmetries", "skatr.loss", "skatr.npe_condition",
-                  "skatr.npe_components", "skatr.compress_run", "skatr.cv_folds", "skatr.cv_fold",
-                  "skatr.compress_fold_runs")
+                  "skatr.train_fraction", "skatr.head_hidden", "skatr.head_depth", "skatr.head_input",
+                  "skatr.flow_transforms", "skatr.flow_hidden", "skatr.flow_bins", "skatr.symmetries", "skatr.loss",
+                  "skatr.npe_condition", "skatr.npe_components", "skatr.compress_run", "skatr.cv_folds",
+                  "skatr.cv_fold", "skatr.compress_fold_runs")
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)
@@ -385,11 +385,12 @@ class RegressTask(ParameterTask):
 
     def build_model(self) -> nn.Module:
         k, p = self.dims()
-        head = RegressionHead(k, p, self.cfg.skatr.head_hidden, self.cfg.skatr.head_depth)
+        s = self.cfg.skatr
+        head = RegressionHead(k, p, s.head_hidden, s.head_depth, whiten=self.frozen and s.head_input == "whiten")
         return Regressor(head, self.summary_network())
 
     def prepare_model(self, model: nn.Module) -> None:
-        """Standardise the head's input with the training summaries (every symmetry)."""
+        """Standardise or whiten the head's input with the training summaries (every symmetry)."""
         if self.train_stats is not None:
             model.head.norm.set_stats(self.train_stats.flatten(0, 1))
 
@@ -462,7 +463,8 @@ class NPETask(ParameterTask):
         if ccfg.train.task != "regress" or ccfg.skatr.summary != "frozen":
             raise ConfigError(f"skatr.compress_run {s.compress_run}: a {ccfg.train.task} run on "
                               f"{ccfg.skatr.summary} summaries, not a frozen-summary regress run")
-        return SymmetryMean(Regressor(RegressionHead(k, p, ccfg.skatr.head_hidden, ccfg.skatr.head_depth)))
+        h = ccfg.skatr
+        return SymmetryMean(Regressor(RegressionHead(k, p, h.head_hidden, h.head_depth, whiten=h.head_input == "whiten")))
 
     def build_model(self) -> nn.Module:
         k, p = self.dims()
