@@ -194,7 +194,8 @@ class SkatrConfig:
     Heads: MLP of ``head_depth`` hidden layers of ``head_hidden`` features (regression, sigmoid
     output in the prior-normalised [0, 1] units; ``head_input``: how a frozen summary enters it,
     ``standardize`` per feature or ``whiten`` = PCA whitening fitted on the training summaries, for
-    anisotropic JEPA summaries; the scratch ViT's learned features enter as they are), and a
+    anisotropic JEPA summaries and training sets much larger than the summary; choose it on
+    validation; the scratch ViT's learned features enter as they are), and a
     rational-quadratic spline autoregressive flow of ``flow_transforms`` layers (``flow_hidden``
     features, ``flow_bins`` bins) on the logit of the normalised parameters, conditioned on an MLP
     embedding of the summary.
