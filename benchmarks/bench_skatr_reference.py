@@ -178,23 +178,29 @@ def derive(files: dict[str, Path], stage: str, name: str, work: Path,
 # --- stages --------------------------------------------------------------------------------------
 
 def stage_lightcones(config_file: Path, n: int) -> dict:
-    """Generate (or resume, or just consolidate) a light-cone set; returns its counts."""
+    """Generate (or resume, or just consolidate) a light-cone set; returns its counts (``screen``: the
+    τ screen refitted on every light cone the set computed, with its cross-validated false skips)."""
     import h5py
+
+    from halotrans.skatr.generate import fit_screen
+    from halotrans.skatr.store import generation_settings
 
     harness.run_halotrans(["lightcones", "--config", str(config_file), "--n", str(n)])
     cfg = load_config(config_file).lightcone
+    screen = fit_screen(cfg, generation_settings(cfg))
     with h5py.File(REPO / cfg.out, "r") as f:
         reasons = [r.decode() if isinstance(r, bytes) else str(r) for r in f["rejected/reason"][...]] \
             if "rejected" in f else []
         kinds: dict[str, int] = {}
         for r in reasons:
-            key = "+".join(part.split(" ")[0] for part in r.split("; "))
+            key = "+".join(part.split(" ")[0].rstrip(":") for part in r.split("; "))
             kinds[key] = kinds.get(key, 0) + 1
         return {"path": str(cfg.out), "accepted": int(f["brightness_temp"].shape[0]),
                 "shape": list(f["brightness_temp"].shape[1:]), "rejected": len(reasons), "reasons": kinds,
                 "seconds_per_light_cone": float(np.mean(f["seconds"][...]))
                 if "seconds" in f and len(f["seconds"]) else None,
-                "version": str(f.attrs.get("version", f.attrs.get("py21cmfast_version", "")))}
+                "version": str(f.attrs.get("version", f.attrs.get("py21cmfast_version", ""))),
+                "screen": screen.describe() if screen is not None else None}
 
 
 def stage_summaries(cfg: Config, record: Path) -> dict:
@@ -411,11 +417,13 @@ def reference(overrides: Sequence[str] = (), work: Path = WORK, publish: bool = 
     for key, name, lcs in (("pretrain", "labelled light cones", lightcones), ("pool", "unlabelled pool", pool)):
         if lcs["seconds_per_light_cone"]:
             workers = cfgs[key].lightcone.workers
+            screened = lcs["reasons"].get("screened", 0)
             accounting.append({"stage": f"{name} (21cmFAST, worker-seconds)", "seconds": lcs["seconds_per_light_cone"]
-                               * (lcs["accepted"] + lcs["rejected"]), "note": f"{lcs['accepted']} accepted, "
-                               f"{lcs['rejected']} rejected; {lcs['seconds_per_light_cone']:.1f} s per accepted light "
-                               f"cone in one of {workers} worker processes (rejected ones taken as long), so the "
-                               f"wall-clock is about 1/{workers} of this; partly on a machine shared with other jobs"})
+                               * (lcs["accepted"] + lcs["rejected"] - screened), "note": f"{lcs['accepted']} accepted, "
+                               f"{lcs['rejected']} rejected, of which {screened} skipped unsimulated by the τ screen; "
+                               f"{lcs['seconds_per_light_cone']:.1f} s per accepted light cone in one of {workers} "
+                               f"worker processes (simulated rejected ones taken as long), so the wall-clock is about "
+                               f"1/{workers} of this; partly on a machine shared with other jobs"})
 
     # 2. JEPA on the labelled training split + the pool
     pre_dir = Path(cfgs["pretrain"].train.out_dir)

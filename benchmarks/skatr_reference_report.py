@@ -172,8 +172,10 @@ def _markdown_v2(s: dict) -> str:
              f"Labelled light cones: `{lc['path']}`, {lc['accepted']} accepted of shape {tuple(lc['shape'])}, "
              f"{lc['rejected']} rejected ({_rejections(lc)}); "
              f"splits {s['splits']} (train/val/test). Unlabelled pool: `{pool['path']}`, {pool['accepted']} accepted "
-             f"({pool['rejected']} rejected); JEPA trained on {pre['light_cones']} light cones and never read a "
+             f"({pool['rejected']} rejected: {_rejections(pool)}); JEPA trained on {pre['light_cones']} light cones and never read a "
              "parameter of the pool.", "",
+             *[f"{name}: {d['screen']} (seeds it skips are counted as rejected: `screened`).\n"
+               for name, d in (("Labelled set", lc), ("Pool", pool)) if d.get("screen")],
              f"JEPA: {pre['steps']} of {pre['planned_steps']} planned steps in {pre['train_seconds'] / 60:.1f} min "
              f"(budget {pre['budget_s'] / 60:.0f} min; probe {pre['probe']['step_s']:.2f} s/step, "
              f"{pre['probe']['eval_s']:.0f} s per validation); last validation loss "

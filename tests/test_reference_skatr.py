@@ -121,7 +121,9 @@ def _summary_v2(ratio: float = 1.05, upper: float = 1.12, quarter: float = 0.9, 
     s = {"date": "2026-12-10 10:00", "machine": "cpu", "command": sk.COMMAND, "seconds": 600.0, "version": 2,
          "lightcones": {"path": "lc.h5", "accepted": 1000, "shape": [14, 14, 537], "rejected": 850,
                         "reasons": {"tau": 800, "x_HI(z=5)": 50}},
-         "pool": {"path": "pool.h5", "accepted": 1200, "rejected": 1000},
+         "pool": {"path": "pool.h5", "accepted": 1200, "rejected": 1000,
+                  "reasons": {"tau": 500, "x_HI(z=5)": 100, "screened": 400},
+                  "screen": "τ screen fitted on 1800 computed light cones: ... 0 of which were accepted"},
          "param_names": list(PARAMS), "splits": [600, 100, 300],
          "pretrain": {"steps": 2800, "planned_steps": 2800, "train_seconds": 10500.0, "budget_s": 10800.0,
                       "probe": {"step_s": 3.7, "eval_s": 30.0, "checkpoint_s": 2.0}, "light_cones": 1800,
@@ -166,7 +168,8 @@ def test_v2_tables_show_the_ab_the_intervals_the_efficiency_the_probes_and_the_c
                  "effective rank", "| untrained | 3.0 (of 144)", "JEPA pretraining | 10500", "Goals met: 9 of 9",
                  "calibrated posterior at this n", "npe_calibration.png", "(cross-fitted training conditions)",
                  "| cross-fitted (kept) | 1.7000 |", "| in-sample | 1.9000 | 0.210 /", "| omega_m | 0.2500 | ",
-                 "There is no label ceiling"):
+                 "There is no label ceiling", "(1000 rejected: tau: 500, x_HI(z=5): 100, screened: 400)",
+                 "Pool: τ screen fitted on 1800 computed light cones: ... 0 of which were accepted (seeds it skips"):
         assert text in md, text
     assert "is better on validation" not in md
     s["head_input_ab"]["run"]["best_val_loss"] = 0.05  # the alternative head input wins on validation: flagged

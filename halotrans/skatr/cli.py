@@ -133,6 +133,8 @@ def run_lightcones(args: argparse.Namespace) -> int:
     print(f"{cfg.out}: {res['accepted']} accepted, {res['rejected']} rejected in all; this run computed "
           f"{res['computed']} light cones (rejected: {res['reasons'] or 'none'}) in {res['wall_s']:.1f} s with "
           f"{cfg.workers} worker(s): {per_lc:.1f} s wall per light cone, {res['mean_lc_s']:.1f} s each in a worker")
+    if res["screen"]:
+        print(f"{res['screened']} seeds skipped unsimulated; {res['screen']}")
     if res["accepted"] < cfg.n:
         print(f"only {res['accepted']} of {cfg.n} accepted after max_attempts seeds; "
               "widen the priors or raise lightcone.max_attempts", file=sys.stderr)

@@ -38,6 +38,11 @@ class LightConeConfig:
     ``noise_z_ref``, scaled with the system temperature T_rcv + T_sky(ν) (``noise_receiver_k``
     [K]) and drawn in uv on the baselines up to ``noise_max_baseline_m`` [m] (None: all but the
     unmeasurable k⊥ = 0 mode); 0 = clean.
+
+    Screen (:mod:`halotrans.skatr.screen`, off when ``screen_sigmas`` is None): once
+    ``screen_min_fit`` light cones of the data set are computed, a seed whose τ predicted from its
+    parameters lies ``screen_sigmas`` cross-validated σ above ``tau_max`` is recorded as rejected
+    (``screened``) without being simulated. Neither changes what a simulated seed produces.
     """
 
     out: str = "data/lightcones.h5"
@@ -77,6 +82,9 @@ class LightConeConfig:
     noise_z_ref: float = 8.0
     noise_receiver_k: float = 100.0
     noise_max_baseline_m: float | None = None
+    # τ screen
+    screen_sigmas: float | None = None
+    screen_min_fit: int = 200
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.workers < 1 or self.downsample < 1:
@@ -114,6 +122,11 @@ class LightConeConfig:
             raise ValueError("noise_mk and noise_receiver_k must be >= 0")
         if self.noise_max_baseline_m is not None and self.noise_max_baseline_m <= 0:
             raise ValueError(f"noise_max_baseline_m must be positive (m), got {self.noise_max_baseline_m}")
+        if self.screen_sigmas is not None and self.screen_sigmas <= 0:
+            raise ValueError(f"screen_sigmas must be > 0 (or null: no screen), got {self.screen_sigmas}")
+        if self.screen_min_fit < 102:
+            raise ValueError(f"screen_min_fit must be >= 102 (3 light cones per coefficient of the τ fit), "
+                             f"got {self.screen_min_fit}")
 
 
 @dataclass

@@ -76,6 +76,8 @@ def import_generated(cfg: LightConeConfig, generated: str | Path, out: str | Pat
     n_nodes = len(simulate.node_redshifts(cfg))
     taken = 0
     for r in generated_records(generated, generation_settings(cfg), todo):
+        if r["reason"].startswith("screened"):  # skipped by the τ screen: no verdict to take; simulated here
+            continue
         field = {} if r["brightness_temp"] is None else {"brightness_temp": r["brightness_temp"].astype(np.float32)}
         with atomic_path(part_file(out, r["seed"], factor)) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **field, params=r["params"], tau=r["tau"], x_hi_zmin=r["x_hi_zmin"],

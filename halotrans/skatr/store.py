@@ -18,7 +18,8 @@ The data set holds the shortest run of consecutive seeds ``seed, seed+1, ...`` t
 - ``/tau`` (n,), ``/x_hi_zmin`` (n,) (neutral fraction at ``z_min``), ``/x_hi`` and
   ``/mean_brightness_temp`` (n, K) at ``/node_redshifts`` (K,), ascending; ``/seconds`` (n,);
 - ``/redshifts`` (Z,) and ``/comoving_distance`` (Z,) [Mpc, fiducial cosmology] of the slices;
-- ``/rejected/{seeds,params,tau,x_hi_zmin,reason}`` for every rejected seed;
+- ``/rejected/{seeds,params,tau,x_hi_zmin,reason}`` for every rejected seed (reason ``screened ...``:
+  skipped unsimulated by the τ screen, :mod:`halotrans.skatr.screen`; its τ and x_HI are NaN);
 - attrs: ``priors`` (6, 2), ``sampled`` (6,), ``wdm_model``, ``py21cmfast_version``,
   ``settings`` (JSON of every generation setting), ``inputs_example`` (JSON of the 21cmFAST
   input structs of the first seed), ``cell_size_mpc``, units and layout.
@@ -46,7 +47,8 @@ from halotrans.skatr.priors import PARAM_NAMES, PARAM_UNITS, prior_bounds, sampl
 FORMAT = "halotrans-lightcones-1"
 #: config keys that do not change what a seed produces
 _NOT_SETTINGS = {"out", "n", "max_attempts", "workers", "split", "split_seed", "los_multiple", "los_fit",
-                 "noise_mk", "noise_z_ref", "noise_receiver_k", "noise_max_baseline_m"}
+                 "noise_mk", "noise_z_ref", "noise_receiver_k", "noise_max_baseline_m", "screen_sigmas",
+                 "screen_min_fit"}
 _PART = re.compile(r"seed_(\d+)\.h5")
 
 
@@ -155,12 +157,13 @@ def _part_files(out: Path) -> dict[int, Path]:
     return {int(m.group(1)): p for p in d.iterdir() if (m := _PART.fullmatch(p.name))}
 
 
-def generated_records(out: str | os.PathLike, settings: str,
-                      seeds: Iterable[int] | None = None) -> Iterator[dict[str, Any]]:
+def generated_records(out: str | os.PathLike, settings: str, seeds: Iterable[int] | None = None,
+                      with_cube: bool = True) -> Iterator[dict[str, Any]]:
     """Yield one dict per finished seed of a ``lightcones`` run (its data set ``out`` and its part
     files, the parts winning): ``seed``, ``params`` (6,), ``tau``, ``x_hi_zmin``, ``seconds`` (NaN where
     not kept), ``reason`` ('' = accepted) and ``brightness_temp`` (X, Y, Z) float32 [mK] for accepted
-    light cones (the generator keeps no field of a rejected one: ``None``). Only ``seeds`` if given;
+    light cones (the generator keeps no field of a rejected one: ``None``; ``with_cube`` False: none
+    read). Only ``seeds`` if given;
     :class:`DataError` if ``out`` was made with other ``settings``."""
     out = Path(out)
     want = None if seeds is None else set(int(s) for s in seeds)
@@ -173,7 +176,7 @@ def generated_records(out: str | os.PathLike, settings: str,
                 if (want is None or int(s) in want) and int(s) not in parts:
                     yield {"seed": int(s), "params": f["params"][i], "tau": float(f["tau"][i]),
                            "x_hi_zmin": float(f["x_hi_zmin"][i]), "seconds": float(seconds[i]), "reason": "",
-                           "brightness_temp": f["brightness_temp"][i]}
+                           "brightness_temp": f["brightness_temp"][i] if with_cube else None}
             rej = f["rejected"]
             for i, s in enumerate(rej["seeds"][...]):
                 if (want is None or int(s) in want) and int(s) not in parts:
@@ -190,7 +193,7 @@ def generated_records(out: str | os.PathLike, settings: str,
             yield {"seed": s, "params": f["params"][...], "tau": float(f.attrs["tau"]),
                    "x_hi_zmin": float(f.attrs["x_hi_zmin"]), "seconds": float(f.attrs["seconds"]),
                    "reason": str(f.attrs["reason"]),
-                   "brightness_temp": f["brightness_temp"][...] if "brightness_temp" in f else None}
+                   "brightness_temp": f["brightness_temp"][...] if with_cube and "brightness_temp" in f else None}
 
 
 def select_seeds(first_seed: int, n: int, done: dict[int, bool]) -> list[int]:
