@@ -126,7 +126,6 @@ def generate_lightcones(cfg: LightConeConfig, progress: bool = True) -> dict:
                     rejected += not done[next_seed]
                 elif screen is not None and (why := screen.reason(sample_params(cfg, next_seed))):
                     write_part(cfg.out, settings, _screened(cfg, next_seed, why, n_nodes))
-                    done[next_seed] = False
                     rejected += 1
                     reasons["screened"] += 1
                 else:
